@@ -1,0 +1,13 @@
+//! Sans-IO protocol code: bytes in, bytes and events out.
+//!
+//! Nothing in this module opens a socket, starts a thread, reads a clock or
+//! draws randomness: callers feed it received bytes and the random numbers it
+//! needs, and take from it the bytes to write and the outcomes. The gate, the
+//! blocking client and the load generator all drive the same code.
+
+pub mod crypt;
+pub mod dh64;
+pub mod message;
+pub mod rc4;
+pub mod replay;
+pub mod session;
