@@ -5,9 +5,11 @@
 //! needs, and take from it the bytes to write and the outcomes. The gate, the
 //! blocking client and the load generator all drive the same code.
 
+pub mod client;
 pub mod crypt;
 pub mod dh64;
 pub mod message;
 pub mod rc4;
 pub mod replay;
+pub mod server;
 pub mod session;
