@@ -8,6 +8,7 @@
 pub mod client;
 pub mod crypt;
 pub mod dh64;
+pub mod frame;
 pub mod message;
 pub mod rc4;
 pub mod replay;
