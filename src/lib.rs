@@ -8,5 +8,10 @@
 //! Layers, each knowing nothing of those above it:
 //! - [`proto`]: sans-IO protocol code (crypto, SCP handshake, sessions,
 //!   replay window, frame codecs).
+//! - [`engine`]: io_uring, thread per core: shards, rings, timers, buffers.
+//! - [`gate`]: what a session is connected to (an upstream, the echo).
 
+pub mod client;
+pub mod engine;
+pub mod gate;
 pub mod proto;

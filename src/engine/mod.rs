@@ -1,0 +1,358 @@
+//! The io_uring engine: thread per core, one ring per shard.
+//!
+//! A shard is one pinned thread with its own ring, connection and session
+//! slabs, timers and provided buffers; it listens on the shared address with
+//! SO_REUSEPORT and accepts into the ring's table of direct descriptors.
+//! Session ids carry their owning shard in their low bits; a resume that
+//! the kernel delivered to another shard is handed to the owner with
+//! `IORING_OP_MSG_RING` together with the bytes already read.
+
+mod bufring;
+pub mod outbound;
+mod shard;
+pub mod sys;
+pub mod timer;
+pub mod token;
+
+pub use shard::CloseReason;
+pub use sys::SetupError;
+
+use crate::gate::Backend;
+use crossbeam_queue::SegQueue;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tracing::error;
+
+/// Everything a gate needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address every shard listens on.
+    pub listen: SocketAddr,
+    /// Number of shards (threads, rings).
+    pub shards: usize,
+    /// Speak SCP to clients (`false`: a plain TCP relay).
+    pub scp: bool,
+    /// A connection that has not completed its handshake by then is closed.
+    pub handshake_timeout: Duration,
+    /// How long a session without a connection is kept.
+    pub reuse_time: Duration,
+    /// Replay window size per session, bytes.
+    pub reuse_buffer: usize,
+    /// Close a client connection that received nothing for this long.
+    pub idle_timeout: Option<Duration>,
+    /// TCP keepalive idle time on client connections.
+    pub keepalive: Option<Duration>,
+    /// Live sessions across all shards.
+    pub max_sessions: usize,
+    /// Connections in their handshake across all shards.
+    pub max_pending_handshakes: usize,
+    /// Bytes buffered per direction of a relay before reading pauses.
+    pub relay_buffer: usize,
+    /// Provided receive buffers per shard (a power of two).
+    pub recv_buffers: u16,
+    /// Size of each receive buffer.
+    pub recv_buffer_size: usize,
+    /// Pin each shard to a core.
+    pub pin_threads: bool,
+    /// What sessions are connected to.
+    pub backend: Backend,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1248)),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            scp: true,
+            handshake_timeout: Duration::from_secs(30),
+            reuse_time: Duration::from_secs(30),
+            reuse_buffer: 65536,
+            idle_timeout: None,
+            keepalive: Some(Duration::from_secs(60)),
+            max_sessions: 1_000_000,
+            max_pending_handshakes: 65536,
+            relay_buffer: 65536,
+            recv_buffers: 1024,
+            recv_buffer_size: 16384,
+            pin_threads: true,
+            backend: Backend::Echo,
+        }
+    }
+}
+
+/// Counters of one shard (read with [`Gate::stats`]).
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    accepted: AtomicU64,
+    sessions_opened: AtomicU64,
+    sessions_resumed: AtomicU64,
+    sessions_closed: AtomicU64,
+    resumes_failed: AtomicU64,
+    handshake_failed: AtomicU64,
+    handoffs_out: AtomicU64,
+    handoffs_in: AtomicU64,
+    upstream_failed: AtomicU64,
+    paused: AtomicU64,
+}
+
+/// A snapshot of the gate's counters, summed over shards.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Sessions opened (new-session handshakes, or plain connections).
+    pub sessions_opened: u64,
+    /// Successful resumes.
+    pub sessions_resumed: u64,
+    /// Sessions closed.
+    pub sessions_closed: u64,
+    /// Resume requests answered with an error code.
+    pub resumes_failed: u64,
+    /// Handshakes that failed (garbage, timeout, bad key...).
+    pub handshake_failed: u64,
+    /// Resumes handed to the owning shard.
+    pub handoffs: u64,
+    /// Sessions closed because no upstream could be reached.
+    pub upstream_failed: u64,
+    /// Times reading from a peer paused because the other side was full.
+    pub backpressure_pauses: u64,
+}
+
+/// A resume connection travelling to its owning shard.
+pub(crate) struct Handoff {
+    from: usize,
+    seq: u32,
+    peer: Option<SocketAddr>,
+    bytes: Vec<u8>,
+}
+
+pub(crate) struct ShardLink {
+    ring_fd: AtomicI32,
+    eventfd: i32,
+    inbox: SegQueue<Handoff>,
+    stats: ShardStats,
+}
+
+pub(crate) struct Shared {
+    stop: AtomicBool,
+    shards: Vec<ShardLink>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        for s in &self.shards {
+            // SAFETY: we created these eventfds and nothing uses them any more.
+            unsafe { libc::close(s.eventfd) };
+        }
+    }
+}
+
+/// A running gate.
+pub struct Gate {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    local: SocketAddr,
+}
+
+impl Gate {
+    /// Binds, builds every shard's ring and starts the shard threads.
+    pub fn start(cfg: Config) -> Result<Gate, SetupError> {
+        let shards = cfg.shards.max(1);
+        if shards > 1 << 16 {
+            return Err(SetupError::Other("at most 65536 shards".into()));
+        }
+        // The first listener fixes the port (the address may ask for port 0).
+        let opts = sys::ListenOptions {
+            keepalive: cfg.keepalive,
+            backlog: 4096,
+        };
+        let first = sys::listener(cfg.listen, opts)?;
+        let local = first
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| SetupError::Other("listener has no address".into()))?;
+        let mut listeners = vec![first];
+        for _ in 1..shards {
+            listeners.push(sys::listener(local, opts)?);
+        }
+        let mut links = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let eventfd = sys::eventfd().map_err(|e| SetupError::Other(format!("eventfd: {e}")))?;
+            links.push(ShardLink {
+                ring_fd: AtomicI32::new(-1),
+                eventfd,
+                inbox: SegQueue::new(),
+                stats: ShardStats::default(),
+            });
+        }
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            shards: links,
+        });
+        let cfg = Arc::new(Config { shards, ..cfg });
+        let cores = if cfg.pin_threads {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+
+        // Each ring is created in its own thread (it becomes the ring's only
+        // submitter); the threads wait until all rings exist, since any shard
+        // may message any other.
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), SetupError>>();
+        let mut go = Vec::with_capacity(shards);
+        let mut threads = Vec::with_capacity(shards);
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let (go_tx, go_rx) = mpsc::channel::<bool>();
+            go.push(go_tx);
+            let (cfg, shared, ready_tx) = (cfg.clone(), shared.clone(), ready_tx.clone());
+            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+            let listen_fd = listener.into_raw_fd();
+            let t = std::thread::Builder::new()
+                .name(format!("ringgate-shard-{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    let built = sys::build_ring(4096).and_then(|ring| {
+                        shared.shards[index]
+                            .ring_fd
+                            .store(ring.as_raw_fd(), Ordering::Release);
+                        shard::Shard::new(index, ring, cfg, shared.clone(), listen_fd, local)
+                    });
+                    let shard = match built {
+                        Ok(s) => {
+                            let _ = ready_tx.send(Ok(()));
+                            s
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            // SAFETY: our listener fd, unused elsewhere.
+                            unsafe { libc::close(listen_fd) };
+                            return;
+                        }
+                    };
+                    if go_rx.recv() == Ok(true) {
+                        shard.run();
+                    }
+                    // SAFETY: as above; the ring that used it is dropped.
+                    unsafe { libc::close(listen_fd) };
+                })
+                .map_err(|e| SetupError::Other(format!("cannot start a shard thread: {e}")))?;
+            threads.push(t);
+        }
+        drop(ready_tx);
+        let mut failure = None;
+        for _ in 0..shards {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = failure.or(Some(e)),
+                Err(_) => {
+                    failure = failure.or(Some(SetupError::Other(
+                        "a shard thread died during setup".into(),
+                    )))
+                }
+            }
+        }
+        let ok = failure.is_none();
+        for tx in &go {
+            let _ = tx.send(ok);
+        }
+        if let Some(e) = failure {
+            for t in threads {
+                let _ = t.join();
+            }
+            return Err(e);
+        }
+        Ok(Gate {
+            shared,
+            threads,
+            local,
+        })
+    }
+
+    /// The address the gate listens on (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.shared.shards.len()
+    }
+
+    /// Counters summed over all shards.
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        for l in &self.shared.shards {
+            let st = &l.stats;
+            let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            s.accepted += get(&st.accepted);
+            s.sessions_opened += get(&st.sessions_opened);
+            s.sessions_resumed += get(&st.sessions_resumed);
+            s.sessions_closed += get(&st.sessions_closed);
+            s.resumes_failed += get(&st.resumes_failed);
+            s.handshake_failed += get(&st.handshake_failed);
+            s.handoffs += get(&st.handoffs_in);
+            s.upstream_failed += get(&st.upstream_failed);
+            s.backpressure_pauses += get(&st.paused);
+        }
+        s
+    }
+
+    /// Asks every shard to stop accepting, close its sessions and exit.
+    pub fn shutdown(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for l in &self.shared.shards {
+            sys::eventfd_signal(l.eventfd);
+        }
+    }
+
+    /// A handle that can stop the gate from another thread (a signal handler thread).
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Waits until every shard has exited.
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                error!("a shard thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.shutdown();
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Stops a gate from anywhere.
+#[derive(Clone)]
+pub struct Stopper {
+    shared: Arc<Shared>,
+}
+
+impl Stopper {
+    /// Same as [`Gate::shutdown`].
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for l in &self.shared.shards {
+            sys::eventfd_signal(l.eventfd);
+        }
+    }
+}
