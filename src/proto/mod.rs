@@ -5,6 +5,7 @@
 //! needs, and take from it the bytes to write and the outcomes. The gate, the
 //! blocking client and the load generator all drive the same code.
 
+pub mod announce;
 pub mod client;
 pub mod crypt;
 pub mod dh64;
