@@ -767,6 +767,11 @@ impl Shard {
             opened: Instant::now(),
         });
         self.conns[ci].state = ConnState::Attached(si, epoch);
+        self.shared.shards[self.index]
+            .stats
+            .sessions_opened
+            .fetch_add(1, Ordering::Relaxed);
+        debug!(shard = self.index, peer = ?peer, "plain connection opened");
         self.start_peer(si);
     }
 
@@ -1738,13 +1743,13 @@ impl Shard {
             return;
         }
         s.closing = Some(reason);
+        self.shared.shards[self.index]
+            .stats
+            .sessions_closed
+            .fetch_add(1, Ordering::Relaxed);
+        let s = &self.sessions[si];
         if s.id != 0 {
             self.by_id.remove(&s.id);
-            let s = &self.sessions[si];
-            self.shared.shards[self.index]
-                .stats
-                .sessions_closed
-                .fetch_add(1, Ordering::Relaxed);
             info!(
                 shard = self.index,
                 session = s.id,
@@ -1752,6 +1757,8 @@ impl Shard {
                 lived_ms = s.opened.elapsed().as_millis() as u64,
                 "session closed: {reason}"
             );
+        } else {
+            debug!(shard = self.index, peer = ?s.client_addr, "plain connection closed: {reason}");
         }
         let s = &mut self.sessions[si];
         s.from_client = Vec::new();
