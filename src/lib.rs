@@ -8,5 +8,9 @@
 //! Layers, each knowing nothing of those above it:
 //! - [`proto`]: sans-IO protocol code (crypto, SCP handshake, sessions,
 //!   replay window, frame codecs).
+//! - [`config`]: the settings of `ringgate serve`, from ringgate's TOML or a
+//!   goscon `config.yaml`.
+//! - [`cli`]: the `ringgate` command line.
 
+pub mod config;
 pub mod proto;
