@@ -443,7 +443,8 @@ impl UpstreamConfig {
     }
 }
 
-fn in_file(
+/// Reads `path` and parses it, naming the file in any error.
+pub(crate) fn in_file(
     path: &Path,
     parse: impl FnOnce(&str) -> Result<ServeConfig, ConfigError>,
 ) -> Result<ServeConfig, ConfigError> {

@@ -12,5 +12,6 @@
 //!   goscon `config.yaml`.
 //! - [`cli`]: the `ringgate` command line.
 
+pub mod cli;
 pub mod config;
 pub mod proto;
