@@ -10,8 +10,14 @@
 //!   replay window, frame codecs).
 //! - [`engine`]: io_uring, thread per core: shards, rings, timers, buffers.
 //! - [`gate`]: what a session is connected to (an upstream, the echo).
+//! - [`client`]: the client side over real sockets.
+//! - [`config`]: the settings of `ringgate serve`, from ringgate's TOML or a
+//!   goscon `config.yaml`.
+//! - [`cli`]: the `ringgate` command line.
 
+pub mod cli;
 pub mod client;
+pub mod config;
 pub mod engine;
 pub mod gate;
 pub mod proto;

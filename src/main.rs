@@ -1,8 +1,90 @@
 //! The `ringgate` command line.
 
-fn main() {
+use std::process::ExitCode;
+
+use clap::Parser;
+use ringgate::cli::{Cli, Command, init_logging};
+use ringgate::engine::{self, Gate};
+use ringgate::gate::Backend;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    // clap prints its own usage errors and exits with 2.
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve(args) => {
+            let cfg = match args.resolve().and_then(|c| c.engine_config()) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("ringgate serve: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            tracing::debug!(?cfg, "resolved configuration");
+            run("serve", cfg)
+        }
+        Command::Echo(args) => {
+            let cfg = engine::Config {
+                listen: args.listen,
+                shards: args.shards.unwrap_or(engine::Config::default().shards),
+                scp: false,
+                backend: Backend::Echo,
+                ..engine::Config::default()
+            };
+            run("echo", cfg)
+        }
+        Command::Loadgen(_) => {
+            eprintln!("ringgate loadgen: not available in this build");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts the engine, says where it listens, and runs until SIGINT/SIGTERM.
+fn run(what: &str, cfg: engine::Config) -> ExitCode {
+    let mode = if cfg.scp { "scp" } else { "plain" };
+    let peer = match &cfg.backend {
+        Backend::Echo => "built-in echo".to_string(),
+        Backend::Proxy(p) => format!(
+            "{} upstream host(s) over {}",
+            p.upstreams.hosts().len(),
+            p.net
+        ),
+    };
+    // Watch the signals before saying we listen: whoever reads that line may
+    // signal at once.
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]);
+    let gate = match Gate::start(cfg) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("ringgate {what}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     println!(
-        "ringgate {}: the protocol core (proto/) is built; `serve`, `echo` and `loadgen` are not yet available",
-        env!("CARGO_PKG_VERSION")
+        "ringgate {what}: listening on {} in {mode} mode with {} shards, sessions to the {peer}",
+        gate.local_addr(),
+        gate.shards()
     );
+    let stopper = gate.stopper();
+    match signals {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    tracing::info!(signal = sig, "stopping: closing sessions and upstreams");
+                    stopper.stop();
+                }
+            });
+        }
+        Err(e) => tracing::warn!("cannot watch SIGINT/SIGTERM ({e}); stop with SIGKILL"),
+    }
+    gate.join();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
 }

@@ -168,7 +168,7 @@ fn sproto_announcement_and_flag_that_suppresses_it() {
     let up = upstream(Behaviour::PrefixedThenEcho);
     let gate = start(config(proxy_to(
         vec![host("a", up.addr)],
-        Announce::Sproto(1),
+        Announce::Sproto { type_: 1 },
     )));
     let mut c = ScpClient::connect(gate.local_addr(), ClientOptions::default()).unwrap();
     let local = c.stream().local_addr().unwrap();
@@ -189,7 +189,7 @@ fn sproto_announcement_and_flag_that_suppresses_it() {
     let up = upstream(Behaviour::AnnounceThenEcho(4));
     let gate = start(config(proxy_to(
         vec![host("a", up.addr)],
-        Announce::Sproto(1),
+        Announce::Sproto { type_: 1 },
     )));
     let opts = ClientOptions {
         flag: Some(1),

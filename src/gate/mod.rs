@@ -10,27 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 pub use upstream::{Host, Upstreams};
 
-/// How the gate talks to an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum UpstreamNet {
-    /// Plain TCP: the decrypted stream.
-    #[default]
-    Tcp,
-    /// SCP: the gate is itself an SCP client of the upstream (gates chained).
-    Scp,
-}
-
-/// What the gate tells an upstream about the client's address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Announce {
-    /// Nothing.
-    #[default]
-    None,
-    /// A sproto `announce` message of this package type.
-    Sproto(u32),
-    /// HAProxy's PROXY protocol v2 header.
-    ProxyV2,
-}
+pub use crate::config::{Announce, UpstreamNet};
 
 impl Announce {
     /// The first bytes of a new upstream stream for a client at `client`
@@ -38,9 +18,11 @@ impl Announce {
     pub fn bytes(&self, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
         match self {
             Announce::None => Vec::new(),
-            Announce::Sproto(t) => {
-                crate::proto::announce::sproto_announce(*t, &client.to_string(), &local.to_string())
-            }
+            Announce::Sproto { type_ } => crate::proto::announce::sproto_announce(
+                *type_,
+                &client.to_string(),
+                &local.to_string(),
+            ),
             Announce::ProxyV2 => crate::proto::announce::proxy_v2_header(client, local),
         }
     }

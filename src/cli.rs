@@ -1,0 +1,614 @@
+//! The `ringgate` command line: `serve`, `echo` and `loadgen`.
+//!
+//! Settings for `serve` are layered: defaults, then a file (`--config` for
+//! ringgate's TOML or `--goscon-config` for a goscon `config.yaml`), then the
+//! flags given on the command line.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{
+    Announce, ConfigError, ServeConfig, UpstreamHost, UpstreamNet, check_host_port, in_file,
+    is_valid_host_name, parse_duration,
+};
+
+/// The `ringgate` command.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringgate",
+    version,
+    about = "A connection gate on io_uring, wire-compatible with goscon"
+)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gate: accept SCP clients and proxy their sessions upstream.
+    Serve(ServeArgs),
+    /// Run a plain echo server (an upstream for tests and load generation).
+    Echo(EchoArgs),
+    /// Generate client load against a gate or an echo server.
+    Loadgen(LoadgenArgs),
+}
+
+/// Options of `ringgate serve`; each one given overrides the file.
+#[derive(Debug, Default, Args)]
+pub struct ServeArgs {
+    /// ringgate settings file (TOML).
+    #[arg(long, value_name = "FILE", conflicts_with = "goscon_config")]
+    pub config: Option<PathBuf>,
+    /// goscon config.yaml, used as it is.
+    #[arg(long, value_name = "FILE")]
+    pub goscon_config: Option<PathBuf>,
+    /// Address clients connect to [default: 127.0.0.1:1248].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Threads, each with its own ring [default: the number of cores].
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Upstream server; repeat for several. Replaces the file's hosts.
+    #[arg(long = "upstream", value_name = "NAME=HOST:PORT[,WEIGHT]", value_parser = parse_upstream)]
+    pub upstreams: Vec<UpstreamHost>,
+    /// How to talk to upstreams: tcp or scp [default: tcp].
+    #[arg(long, value_name = "NET", value_parser = parse_upstream_net)]
+    pub upstream_net: Option<UpstreamNet>,
+    /// Tell upstreams the client's address: none, sproto:TYPE or proxy-v2 [default: none].
+    #[arg(long, value_name = "HOW", value_parser = parse_announce)]
+    pub announce: Option<Announce>,
+    /// How long a dropped session waits for its client to resume [default: 30s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub reuse_time: Option<Duration>,
+    /// Longest time a client may take to send its handshake [default: 30s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+    /// Close a client that sent nothing for this long; "off" or 0 for never [default: off].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Refuse new sessions above this many live ones [default: 1000000].
+    #[arg(long, value_name = "N")]
+    pub max_sessions: Option<usize>,
+    /// Serve plain TCP instead of SCP (a measurement baseline).
+    #[arg(long)]
+    pub plain: bool,
+}
+
+impl ServeArgs {
+    /// The settings to serve with: defaults, then the file, then the flags;
+    /// validated once at the end, so that a flag can correct the file.
+    pub fn resolve(&self) -> Result<ServeConfig, ConfigError> {
+        let mut cfg = match (&self.config, &self.goscon_config) {
+            (Some(path), _) => in_file(path, ServeConfig::parse_toml)?,
+            (None, Some(path)) => in_file(path, ServeConfig::parse_goscon_yaml)?,
+            (None, None) => ServeConfig::default(),
+        };
+        if let Some(listen) = self.listen {
+            cfg.listen = listen;
+        }
+        if let Some(shards) = self.shards {
+            cfg.shards = shards;
+        }
+        if !self.upstreams.is_empty() {
+            cfg.upstream.hosts = self.upstreams.clone();
+        }
+        if let Some(net) = self.upstream_net {
+            cfg.upstream.net = net;
+        }
+        if let Some(announce) = self.announce {
+            cfg.announce = announce;
+        }
+        if let Some(d) = self.reuse_time {
+            cfg.reuse_time = d;
+        }
+        if let Some(d) = self.handshake_timeout {
+            cfg.handshake_timeout = d;
+        }
+        if let Some(d) = self.idle_timeout {
+            cfg.idle_timeout = (!d.is_zero()).then_some(d);
+        }
+        if let Some(n) = self.max_sessions {
+            cfg.max_sessions = n;
+        }
+        // A flag can turn plain mode on, never off: absent means "as the file says".
+        cfg.plain |= self.plain;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Options of `ringgate echo`.
+#[derive(Debug, Args)]
+pub struct EchoArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Threads, each with its own ring [default: the number of cores].
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+}
+
+/// Options of `ringgate loadgen`.
+#[derive(Debug, Args)]
+pub struct LoadgenArgs {
+    /// Address of the gate or server to load.
+    #[arg(long, value_name = "ADDR")]
+    pub connect: SocketAddr,
+    /// Connections to hold open.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub connections: usize,
+    /// New connections per second while ramping up [default: all at once].
+    #[arg(long, value_name = "PER_SEC")]
+    pub ramp: Option<u32>,
+    /// Seconds to run after the ramp.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub duration: u64,
+    /// Messages per second per connection; 0 sends the next as soon as the echo returns.
+    #[arg(long, value_name = "F64", default_value_t = 0.0, value_parser = parse_rate)]
+    pub rate: f64,
+    /// Message size in bytes, fixed (N) or drawn from a range (MIN-MAX).
+    #[arg(long, value_name = "BYTES", default_value = "64")]
+    pub size: SizeRange,
+    /// What the clients speak.
+    #[arg(long, value_enum, default_value_t = LoadProtocol::Scp)]
+    pub protocol: LoadProtocol,
+    /// targetServer name sent in the SCP handshake.
+    #[arg(long, value_name = "NAME", value_parser = parse_target)]
+    pub target: Option<String>,
+    /// Drop and resume each connection after every K messages.
+    #[arg(long, value_name = "K")]
+    pub resume_every: Option<u64>,
+    /// Chance, per message, that a connection is cut abruptly (0 to 1).
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    pub abort_probability: f64,
+    /// Drop every connection at once and resume them all (a reconnect storm).
+    #[arg(long)]
+    pub storm: bool,
+    /// Source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.50.
+    #[arg(long, value_name = "A-B")]
+    pub source_ips: Option<IpRange>,
+    /// Client threads [default: the number of cores].
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// What load-generator clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LoadProtocol {
+    /// SCP, as game clients do.
+    Scp,
+    /// Plain TCP.
+    Plain,
+}
+
+/// A message size: `N` or `MIN-MAX` bytes, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeRange {
+    /// Smallest size.
+    pub min: usize,
+    /// Largest size.
+    pub max: usize,
+}
+
+impl FromStr for SizeRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}`: expected BYTES or MIN-MAX, e.g. 64 or 16-4096");
+        let num = |t: &str| t.trim().parse::<usize>().map_err(|_| bad());
+        let (min, max) = match s.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(s)?, num(s)?),
+        };
+        if min == 0 || min > max {
+            return Err(format!(
+                "`{s}`: sizes must be at least 1 and MIN no more than MAX"
+            ));
+        }
+        Ok(Self { min, max })
+    }
+}
+
+/// An inclusive range of source addresses of one family, `A-B`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    /// First address.
+    pub first: IpAddr,
+    /// Last address.
+    pub last: IpAddr,
+}
+
+impl FromStr for IpRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}`: expected FIRST-LAST, e.g. 127.0.0.2-127.0.0.50");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let first: IpAddr = a.trim().parse().map_err(|_| bad())?;
+        let last: IpAddr = b.trim().parse().map_err(|_| bad())?;
+        if first.is_ipv4() != last.is_ipv4() || first > last {
+            return Err(format!(
+                "`{s}`: both ends must be of one family and FIRST no more than LAST"
+            ));
+        }
+        Ok(Self { first, last })
+    }
+}
+
+impl fmt::Display for IpRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+const UPSTREAM_USAGE: &str = "--upstream expects NAME=HOST:PORT[,WEIGHT]";
+
+/// Parses `NAME=HOST:PORT[,WEIGHT]`; the name may be empty, the weight
+/// defaults to 1.
+pub fn parse_upstream(s: &str) -> Result<UpstreamHost, String> {
+    let (name, rest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{UPSTREAM_USAGE}, got `{s}`"))?;
+    let (addr, weight) = match rest.split_once(',') {
+        Some((addr, w)) => {
+            let w = w
+                .trim()
+                .parse()
+                .map_err(|_| format!("{UPSTREAM_USAGE}: weight `{w}` is not a whole number"))?;
+            (addr, w)
+        }
+        None => (rest, 1),
+    };
+    if !is_valid_host_name(name) {
+        return Err(format!(
+            "{UPSTREAM_USAGE}: NAME `{name}` may hold only letters, digits and `_`"
+        ));
+    }
+    check_host_port(addr).map_err(|e| format!("{UPSTREAM_USAGE}: {e}"))?;
+    Ok(UpstreamHost {
+        name: name.to_owned(),
+        addr: addr.to_owned(),
+        weight,
+    })
+}
+
+fn parse_upstream_net(s: &str) -> Result<UpstreamNet, String> {
+    s.parse().map_err(|e: ConfigError| e.to_string())
+}
+
+fn parse_announce(s: &str) -> Result<Announce, String> {
+    s.parse().map_err(|e: ConfigError| e.to_string())
+}
+
+fn parse_target(s: &str) -> Result<String, String> {
+    if is_valid_host_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("`{s}`: may hold only letters, digits and `_`"))
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!(
+            "`{s}`: expected a number of messages per second, 0 or more"
+        )),
+    }
+}
+
+fn parse_probability(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("`{s}`: expected a probability between 0 and 1")),
+    }
+}
+
+/// Logs to stderr in the compact format, filtered by `RUST_LOG` (default
+/// `info`). Calling it again does nothing.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // An error only means a subscriber is already installed (tests, embedding).
+    let _ = tracing_subscriber::fmt()
+        .compact()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let argv = ["ringgate", "serve"].iter().chain(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(a) => Ok(a),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ringgate-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn no_flags_give_the_defaults() {
+        assert_eq!(
+            serve(&[]).unwrap().resolve().unwrap(),
+            ServeConfig::default()
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = temp_file(
+            "override.toml",
+            "listen = \"0.0.0.0:1\"\nshards = 0\nreuse_time = 5\nidle_timeout = \"1m\"\nannounce = \"proxy-v2\"\n\
+             [upstream]\nnet = \"scp\"\n[[upstream.hosts]]\nname = \"old\"\naddr = \"h:1\"\n",
+        );
+        let file = file.to_str().unwrap();
+        // shards = 0 in the file is corrected by the flag before validation.
+        let cfg = serve(&[
+            "--config",
+            file,
+            "--listen",
+            "127.0.0.1:2",
+            "--shards",
+            "4",
+            "--upstream",
+            "a=10.0.0.1:80,7",
+            "--upstream",
+            "=backend:81",
+            "--upstream-net",
+            "tcp",
+            "--announce",
+            "sproto:9",
+            "--reuse-time",
+            "90s",
+            "--handshake-timeout",
+            "500ms",
+            "--idle-timeout",
+            "off",
+            "--max-sessions",
+            "10",
+            "--plain",
+        ])
+        .unwrap()
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:2".parse().unwrap());
+        assert_eq!(cfg.shards, 4);
+        assert_eq!(
+            cfg.upstream.hosts,
+            [
+                UpstreamHost {
+                    name: "a".into(),
+                    addr: "10.0.0.1:80".into(),
+                    weight: 7
+                },
+                UpstreamHost {
+                    name: String::new(),
+                    addr: "backend:81".into(),
+                    weight: 1
+                },
+            ]
+        );
+        assert_eq!(cfg.upstream.net, UpstreamNet::Tcp);
+        assert_eq!(cfg.announce, Announce::Sproto { type_: 9 });
+        assert_eq!(cfg.reuse_time, Duration::from_secs(90));
+        assert_eq!(cfg.handshake_timeout, Duration::from_millis(500));
+        assert_eq!(cfg.idle_timeout, None);
+        assert_eq!(cfg.max_sessions, 10);
+        assert!(cfg.plain);
+
+        // Without flags the file is what counts, and it must be valid.
+        let err = serve(&["--config", file])
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shards"), "{err}");
+        let cfg = serve(&["--config", file, "--shards", "2"])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.reuse_time, Duration::from_secs(5));
+        assert_eq!(cfg.idle_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(cfg.announce, Announce::ProxyV2);
+        assert_eq!(cfg.upstream.hosts[0].name, "old");
+    }
+
+    #[test]
+    fn goscon_file_with_flags() {
+        let file = temp_file("goscon.yaml", "tcp: 0.0.0.0:7000\nscp:\n  reuse_time: 40\n");
+        let file = file.to_str().unwrap();
+        let cfg = serve(&["--goscon-config", file, "--listen", "127.0.0.1:7001"])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:7001".parse().unwrap());
+        assert_eq!(cfg.reuse_time, Duration::from_secs(40));
+    }
+
+    #[test]
+    fn config_and_goscon_config_exclude_each_other() {
+        let err = serve(&["--config", "a.toml", "--goscon-config", "b.yaml"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn bad_flag_values_are_usage_errors() {
+        for args in [
+            &["--upstream", "a:1"][..],
+            &["--upstream", "a=h"],
+            &["--upstream-net", "kcp"],
+            &["--announce", "sproto"],
+            &["--reuse-time", "soon"],
+            &["--listen", "localhost"],
+        ] {
+            let err = serve(args).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+        }
+        let err = serve(&["--handshake-timeout", "0"])
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("handshake_timeout"), "{err}");
+        let err = serve(&["--config", "/nonexistent.toml"])
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+    }
+
+    #[test]
+    fn upstream_flag_parsing() {
+        let h = parse_upstream("lobby_1=10.0.0.1:9000,3").unwrap();
+        assert_eq!(
+            (h.name.as_str(), h.addr.as_str(), h.weight),
+            ("lobby_1", "10.0.0.1:9000", 3)
+        );
+        let h = parse_upstream("=[::1]:80").unwrap();
+        assert_eq!(
+            (h.name.as_str(), h.addr.as_str(), h.weight),
+            ("", "[::1]:80", 1)
+        );
+        assert_eq!(parse_upstream("a=h:1,0").unwrap().weight, 0);
+        for (bad, needle) in [
+            ("10.0.0.1:9000", "got `10.0.0.1:9000`"),
+            ("a=", "HOST:PORT"),
+            ("a=h", "HOST:PORT"),
+            ("a=h:0", "port"),
+            ("a=:80", "host is missing"),
+            ("a=h:1,x", "weight `x`"),
+            ("a=h:1,-1", "weight"),
+            ("a b=h:1", "NAME `a b`"),
+        ] {
+            let err = parse_upstream(bad).unwrap_err();
+            assert!(
+                err.starts_with(UPSTREAM_USAGE) && err.contains(needle),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn echo_and_loadgen_parse() {
+        let cli = Cli::try_parse_from([
+            "ringgate",
+            "echo",
+            "--listen",
+            "127.0.0.1:9",
+            "--shards",
+            "2",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Echo(EchoArgs {
+                shards: Some(2),
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["ringgate", "echo"]).is_err());
+
+        let cli = Cli::try_parse_from([
+            "ringgate",
+            "loadgen",
+            "--connect",
+            "127.0.0.1:1248",
+            "--connections",
+            "5000",
+            "--ramp",
+            "1000",
+            "--duration",
+            "30",
+            "--rate",
+            "2.5",
+            "--size",
+            "16-4096",
+            "--protocol",
+            "plain",
+            "--target",
+            "lobby",
+            "--resume-every",
+            "100",
+            "--abort-probability",
+            "0.01",
+            "--storm",
+            "--source-ips",
+            "127.0.0.2-127.0.0.50",
+            "--shards",
+            "4",
+            "--json",
+            "out.json",
+        ])
+        .unwrap();
+        let Command::Loadgen(l) = cli.command else {
+            panic!("not loadgen")
+        };
+        assert_eq!(l.connections, 5000);
+        assert_eq!(l.ramp, Some(1000));
+        assert_eq!(l.rate, 2.5);
+        assert_eq!(l.size, SizeRange { min: 16, max: 4096 });
+        assert_eq!(l.protocol, LoadProtocol::Plain);
+        assert_eq!(l.target.as_deref(), Some("lobby"));
+        assert_eq!(l.resume_every, Some(100));
+        assert!(l.storm);
+        assert_eq!(l.source_ips.unwrap().to_string(), "127.0.0.2-127.0.0.50");
+        assert_eq!(l.json, Some(PathBuf::from("out.json")));
+
+        let l = match Cli::try_parse_from(["ringgate", "loadgen", "--connect", "127.0.0.1:1"])
+            .unwrap()
+            .command
+        {
+            Command::Loadgen(l) => l,
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            (l.size, l.protocol, l.rate),
+            (SizeRange { min: 64, max: 64 }, LoadProtocol::Scp, 0.0)
+        );
+        for bad in [
+            &["--size", "0"][..],
+            &["--size", "10-5"],
+            &["--rate", "-1"],
+            &["--abort-probability", "1.5"],
+            &["--source-ips", "127.0.0.9-127.0.0.2"],
+            &["--source-ips", "127.0.0.1-::1"],
+            &["--target", "a-b"],
+        ] {
+            let argv = ["ringgate", "loadgen", "--connect", "127.0.0.1:1"]
+                .into_iter()
+                .chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
