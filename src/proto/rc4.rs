@@ -37,41 +37,65 @@ impl Rc4 {
         Self::new(&super::crypt::rc4_key(secret))
     }
 
+    /// The next 8 keystream bytes as a little-endian word.
+    ///
+    /// The indices are kept in locals and masked with `& 0xff`, so the
+    /// compiler keeps them in registers and drops every bounds check; the
+    /// keystream is gathered into a u64 so the XOR is one word per 8 bytes.
     #[inline(always)]
-    fn next_byte(&mut self) -> u8 {
-        self.i = self.i.wrapping_add(1);
-        let si = self.s[self.i as usize];
-        self.j = self.j.wrapping_add(si as u8);
-        let sj = self.s[self.j as usize];
-        self.s[self.i as usize] = sj;
-        self.s[self.j as usize] = si;
-        self.s[(si.wrapping_add(sj) & 0xff) as usize] as u8
+    fn word(s: &mut [u32; 256], i: &mut usize, j: &mut usize) -> u64 {
+        let mut ks = 0u64;
+        for k in 0..8 {
+            ks |= (Self::step(s, i, j) as u64) << (8 * k);
+        }
+        ks
+    }
+
+    /// One keystream byte.
+    #[inline(always)]
+    fn step(s: &mut [u32; 256], i: &mut usize, j: &mut usize) -> u8 {
+        *i = (*i + 1) & 0xff;
+        let si = s[*i];
+        *j = (*j + si as usize) & 0xff;
+        let sj = s[*j];
+        s[*i] = sj;
+        s[*j] = si;
+        s[((si + sj) & 0xff) as usize] as u8
     }
 
     /// XORs the keystream into `buf` in place (encrypts or decrypts).
     pub fn apply(&mut self, buf: &mut [u8]) {
+        let (mut i, mut j) = (self.i as usize, self.j as usize);
+        let s = &mut self.s;
         let mut chunks = buf.chunks_exact_mut(8);
         for chunk in &mut chunks {
-            let mut ks = [0u8; 8];
-            for k in ks.iter_mut() {
-                *k = self.next_byte();
-            }
-            let word =
-                u64::from_ne_bytes(chunk.try_into().expect("8 bytes")) ^ u64::from_ne_bytes(ks);
-            chunk.copy_from_slice(&word.to_ne_bytes());
+            let ks = Self::word(s, &mut i, &mut j);
+            let data = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            chunk.copy_from_slice(&(data ^ ks).to_le_bytes());
         }
         for b in chunks.into_remainder() {
-            *b ^= self.next_byte();
+            *b ^= Self::step(s, &mut i, &mut j);
         }
+        (self.i, self.j) = (i as u8, j as u8);
     }
 
     /// XORs the keystream over `src` into `dst` (same length): encryption
     /// straight into a destination buffer with no intermediate copy.
     pub fn apply_to(&mut self, src: &[u8], dst: &mut [u8]) {
         assert_eq!(src.len(), dst.len(), "apply_to needs equal lengths");
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = *s ^ self.next_byte();
+        let (mut i, mut j) = (self.i as usize, self.j as usize);
+        let s = &mut self.s;
+        let mut d = dst.chunks_exact_mut(8);
+        let mut c = src.chunks_exact(8);
+        for (out, inp) in (&mut d).zip(&mut c) {
+            let ks = Self::word(s, &mut i, &mut j);
+            let data = u64::from_le_bytes(inp.try_into().expect("8 bytes"));
+            out.copy_from_slice(&(data ^ ks).to_le_bytes());
         }
+        for (out, inp) in d.into_remainder().iter_mut().zip(c.remainder()) {
+            *out = inp ^ Self::step(s, &mut i, &mut j);
+        }
+        (self.i, self.j) = (i as u8, j as u8);
     }
 }
 
@@ -79,5 +103,39 @@ impl std::fmt::Debug for Rc4 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key-derived state.
         f.write_str("Rc4 { .. }")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rc4;
+    use rc4::{KeyInit, StreamCipher, consts::U32};
+
+    proptest::proptest! {
+        /// Our word-at-a-time loop matches the `rc4` crate over arbitrary
+        /// call splits, for both entry points.
+        #[test]
+        fn matches_rc4_crate(
+            key: [u8; 32],
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+            cut in 0usize..3000,
+        ) {
+            let cut = cut.min(data.len());
+            let mut expected = data.clone();
+            rc4::Rc4::<U32>::new(&key.into()).apply_keystream(&mut expected);
+
+            let mut ours = Rc4::new(&key);
+            let mut got = data.clone();
+            let (a, b) = got.split_at_mut(cut);
+            ours.apply(a);
+            ours.apply(b);
+            proptest::prop_assert_eq!(&got, &expected);
+
+            let mut ours = Rc4::new(&key);
+            let mut got = vec![0u8; data.len()];
+            ours.apply_to(&data[..cut], &mut got[..cut]);
+            ours.apply_to(&data[cut..], &mut got[cut..]);
+            proptest::prop_assert_eq!(&got, &expected);
+        }
     }
 }
