@@ -255,10 +255,16 @@ fn upstream_that_closes_delivers_then_closes_the_client() {
         }
     }
     assert_eq!(got, b"farewell from upstream");
+    // The next session gets its own upstream connection and its own farewell.
+    let mut c = ScpClient::connect(gate.local_addr(), ClientOptions::default()).unwrap();
+    let mut again = vec![0u8; got.len()];
+    c.read_exact(&mut again).unwrap();
+    assert_eq!(again, got);
+    // Both sessions ended once their upstream had said everything.
     assert!(wait_until(Duration::from_secs(5), || gate
         .stats()
         .sessions_closed
-        == 1));
+        == 2));
 }
 
 #[test]
@@ -281,6 +287,7 @@ fn slow_upstream_gets_everything_with_bounded_buffers() {
         "reading paused: {:?}",
         gate.stats()
     );
+    assert_serving(gate.local_addr());
 }
 
 #[test]
@@ -301,6 +308,7 @@ fn scp_upstream_chains_two_gates() {
         1,
         "the outer gate opened an SCP session on the inner one"
     );
+    assert_serving(outer.local_addr());
 }
 
 #[test]

@@ -600,8 +600,19 @@ impl Shard {
         match c.state {
             ConnState::Attached(si, sg) => self.client_bytes(si, sg, data),
             ConnState::Handshake(_) => self.handshake_bytes(ci, data),
-            // Read after the resume record but before the hand-over: travels along.
-            ConnState::HandingOff { .. } => c.raw_in.extend_from_slice(data),
+            // Read after the resume record but before the hand-over: travels
+            // along, bounded like a handshake (a client has no reason to send
+            // much before it sees the answer).
+            ConnState::HandingOff { .. }
+                if c.raw_in.len() + data.len() <= 2 * MAX_HANDSHAKE_BYTES =>
+            {
+                c.raw_in.extend_from_slice(data)
+            }
+            ConnState::HandingOff { .. } => {
+                debug!(shard = self.index, peer = ?c.peer, "flood during a resume hand-over: closing");
+                c.state = ConnState::Dead;
+                self.close_conn(ci);
+            }
             ConnState::Finishing | ConnState::Dead => {}
         }
     }
