@@ -100,6 +100,14 @@ pub struct ServeConfig {
     /// closed at once, so a flood of silent sockets cannot take all memory.
     /// Default 65 536 for the process.
     pub max_pending_handshakes: usize,
+    /// Bytes buffered per direction between a client and its upstream before
+    /// the gate stops reading from the faster side. Default 65536.
+    pub relay_buffer: usize,
+    /// Receive buffers each shard lends the kernel (a power of two ≤ 32768);
+    /// only connections with bytes in flight hold one. Default 1024.
+    pub recv_buffers: u16,
+    /// Size of each receive buffer. Default 16384.
+    pub recv_buffer_size: usize,
     /// What to tell an upstream about the client's address.
     pub announce: Announce,
     /// Where sessions are proxied to.
@@ -121,6 +129,9 @@ impl Default for ServeConfig {
             tcp_keepalive: Some(Duration::from_secs(60)),
             max_sessions: 1_000_000,
             max_pending_handshakes: 65_536,
+            relay_buffer: 65_536,
+            recv_buffers: 1024,
+            recv_buffer_size: 16_384,
             announce: Announce::None,
             upstream: UpstreamConfig::default(),
             plain: false,
@@ -402,6 +413,15 @@ impl ServeConfig {
         }
         if self.max_sessions == 0 {
             return Err(invalid("max_sessions must be at least 1"));
+        }
+        if self.relay_buffer < 1024 {
+            return Err(invalid("relay_buffer must be at least 1024"));
+        }
+        if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 32768 {
+            return Err(invalid("recv_buffers must be a power of two, at most 32768"));
+        }
+        if !(512..=1 << 20).contains(&self.recv_buffer_size) {
+            return Err(invalid("recv_buffer_size must be between 512 and 1048576"));
         }
         if self.max_pending_handshakes == 0 {
             return Err(invalid("max_pending_handshakes must be at least 1"));
@@ -792,6 +812,9 @@ impl ServeConfig {
             keepalive: self.tcp_keepalive.filter(|d| !d.is_zero()),
             max_sessions: self.max_sessions,
             max_pending_handshakes: self.max_pending_handshakes,
+            relay_buffer: self.relay_buffer,
+            recv_buffers: self.recv_buffers,
+            recv_buffer_size: self.recv_buffer_size,
             backend,
             ..crate::engine::Config::default()
         })
@@ -952,6 +975,27 @@ mod tests {
                     ..ok()
                 },
                 "max_pending_handshakes",
+            ),
+            (
+                ServeConfig {
+                    relay_buffer: 10,
+                    ..ok()
+                },
+                "relay_buffer",
+            ),
+            (
+                ServeConfig {
+                    recv_buffers: 1000,
+                    ..ok()
+                },
+                "recv_buffers",
+            ),
+            (
+                ServeConfig {
+                    recv_buffer_size: 100,
+                    ..ok()
+                },
+                "recv_buffer_size",
             ),
         ];
         for (cfg, key) in cases {
