@@ -418,7 +418,9 @@ impl ServeConfig {
             return Err(invalid("relay_buffer must be at least 1024"));
         }
         if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 32768 {
-            return Err(invalid("recv_buffers must be a power of two, at most 32768"));
+            return Err(invalid(
+                "recv_buffers must be a power of two, at most 32768",
+            ));
         }
         if !(512..=1 << 20).contains(&self.recv_buffer_size) {
             return Err(invalid("recv_buffer_size must be between 512 and 1048576"));

@@ -191,3 +191,40 @@ fn reuse_time_running_out_gives_404() {
     assert!(matches!(c.resume(), Err(ResumeError::Refused(404))));
     assert_serving(gate.local_addr());
 }
+
+#[test]
+fn session_and_handshake_limits_refuse_then_recover() {
+    let mut cfg = config(Backend::Echo);
+    cfg.shards = 1;
+    cfg.max_sessions = 2;
+    cfg.max_pending_handshakes = 2;
+    cfg.reuse_time = Duration::from_millis(200);
+    cfg.handshake_timeout = Duration::from_millis(500);
+    let gate = start(cfg);
+    let addr = gate.local_addr();
+
+    // Two silent connections fill the handshake slots: a third is closed at once.
+    let _a = raw(addr);
+    let _b = raw(addr);
+    assert!(wait_until(Duration::from_secs(5), || gate.stats().accepted == 2));
+    let mut c = raw(addr);
+    assert!(read_to_close(&mut c).is_empty());
+    drop((_a, _b));
+    // Once those time out, handshakes are accepted again.
+    assert!(wait_until(Duration::from_secs(5), || gate
+        .stats()
+        .handshake_failed
+        >= 2));
+
+    // Two sessions fill the session limit: a third handshake gets no answer.
+    let s1 = ScpClient::connect(addr, ClientOptions::default()).unwrap();
+    let s2 = ScpClient::connect(addr, ClientOptions::default()).unwrap();
+    assert!(ScpClient::connect(addr, ClientOptions::default()).is_err());
+    // Sessions whose reuse time ran out free their places.
+    drop((s1, s2));
+    assert!(wait_until(Duration::from_secs(5), || gate
+        .stats()
+        .sessions_closed
+        == 2));
+    assert_serving(addr);
+}

@@ -399,7 +399,9 @@ impl Shard {
             return;
         }
         let scp = self.cfg.scp;
-        if scp && self.handshaking >= self.cfg.max_pending_handshakes / self.cfg.shards.max(1) {
+        if scp
+            && self.handshaking >= (self.cfg.max_pending_handshakes / self.cfg.shards.max(1)).max(1)
+        {
             self.warn_limit("max_pending_handshakes reached: new connections are being closed");
             self.close_slot(slot);
             return;
@@ -1681,6 +1683,10 @@ impl Shard {
         match state {
             ConnState::Handshake(_) => {
                 self.handshaking -= 1;
+                self.shared.shards[self.index]
+                    .stats
+                    .handshake_failed
+                    .fetch_add(1, Ordering::Relaxed);
                 debug!(shard = self.index, peer = ?peer, "connection closed during handshake: {why}");
             }
             ConnState::Attached(si, sg) => {
@@ -1855,10 +1861,6 @@ impl Shard {
                 c.epoch == e.epoch && !c.closing && matches!(c.state, ConnState::Handshake(_))
             });
             if stalled {
-                self.shared.shards[self.index]
-                    .stats
-                    .handshake_failed
-                    .fetch_add(1, Ordering::Relaxed);
                 self.client_gone(e.index, "handshake timeout");
             }
         }
