@@ -419,3 +419,31 @@ fn shutdown_closes_everything_and_every_receiver_ends() {
         assert!(closed_by_gate(|b| c.read(b)));
     }
 }
+
+#[test]
+fn netstring_framing_in_plain_mode() {
+    let h = harness(
+        builder()
+            .scp(false)
+            .framing(ringgate::proto::frame::FrameFormat::Netstring)
+            .max_frame(100),
+        true,
+    );
+    let mut s = plain(h.addr());
+    s.write_all(b"5:hello,0:,3:a").unwrap();
+    s.write_all(b"bc,").unwrap();
+    let mut back = [0u8; 17];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"5:hello,0:,3:abc,");
+    s.write_all(b"101:").unwrap(); // over the limit
+    let ev = h.wait_event("closed", |e| matches!(e, Event::Closed { .. }));
+    assert!(matches!(
+        ev,
+        Event::Closed {
+            reason: CloseReason::ProtocolError,
+            ..
+        }
+    ));
+    assert!(closed_by_gate(|b| s.read(b)));
+    h.finish();
+}

@@ -616,6 +616,8 @@ impl Shard {
             return;
         }
         c.paused = false;
+        // Idle time counts from here: while paused, silence was ours.
+        c.last_rx = Instant::now();
         if !c.recv_armed {
             self.arm_recv(ci);
         }
@@ -1881,7 +1883,9 @@ impl Shard {
         }
     }
 
-    /// A resume. A worker that has not yet seen the detach is spared both.
+    /// A resume. A worker that has not yet seen the detach is spared both,
+    /// and one waiting `Resumed` stands for several (so a client resuming
+    /// in a loop cannot grow `pending` while its worker is stalled).
     fn worker_resumed(&mut self, si: usize) {
         if self.hub.is_none() {
             return;
@@ -1890,9 +1894,13 @@ impl Shard {
         let s = &mut self.sessions[si];
         let id = s.id;
         if let Peer::Worker(w) = &mut s.peer {
-            if matches!(w.pending.back(), Some(Event::Detached { .. })) {
-                w.pending.pop_back();
-                return;
+            match w.pending.back() {
+                Some(Event::Detached { .. }) => {
+                    w.pending.pop_back();
+                    return;
+                }
+                Some(Event::Resumed { .. }) => return,
+                _ => {}
             }
         }
         self.worker_emit(si, Event::Resumed { session: id });
@@ -2245,7 +2253,8 @@ impl Shard {
                 else {
                     continue;
                 };
-                if now.duration_since(c.last_rx) >= idle.duration() {
+                // A paused connection is not idle: the gate stopped reading it.
+                if now.duration_since(c.last_rx) >= idle.duration() && !c.paused {
                     self.client_gone(e.index, "idle timeout");
                 } else {
                     idle.push(now, e);
