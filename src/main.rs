@@ -53,6 +53,7 @@ fn run(what: &str, cfg: engine::Config) -> ExitCode {
             p.upstreams.hosts().len(),
             p.net
         ),
+        Backend::Workers(_) => "worker threads".to_string(),
     };
     // Watch the signals before saying we listen: whoever reads that line may
     // signal at once.

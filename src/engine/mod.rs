@@ -18,11 +18,13 @@ pub use shard::CloseReason;
 pub use sys::SetupError;
 
 use crate::gate::Backend;
-use crossbeam_queue::SegQueue;
+use crate::gate::embedded::Command;
+use crossbeam_queue::{ArrayQueue, SegQueue};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, IntoRawFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering, fence};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tracing::error;
@@ -97,6 +99,7 @@ pub struct ShardStats {
     handoffs_in: AtomicU64,
     upstream_failed: AtomicU64,
     paused: AtomicU64,
+    worker_full: AtomicU64,
 }
 
 /// A snapshot of the gate's counters, summed over shards.
@@ -120,6 +123,9 @@ pub struct Stats {
     pub upstream_failed: u64,
     /// Times reading from a peer paused because the other side was full.
     pub backpressure_pauses: u64,
+    /// Embedded mode: times a session's events found its worker's queue
+    /// full (the session then waits, not reading, until the worker catches up).
+    pub worker_queue_full: u64,
 }
 
 /// A resume connection travelling to its owning shard.
@@ -135,11 +141,121 @@ pub(crate) struct ShardLink {
     eventfd: i32,
     inbox: SegQueue<Handoff>,
     stats: ShardStats,
+    /// The shard is (about to be) blocked in the ring wait: a thread that
+    /// queues a command must write the eventfd. While it is false the shard
+    /// looks at its queue before it next waits, so no syscall is needed.
+    sleeping: AtomicBool,
+    /// Embedded mode: commands from the application's threads.
+    commands: ArrayQueue<Command>,
+    /// Embedded mode: client address of each live session (read by
+    /// `Handle::peer_addr`; written only on open, resume and close).
+    peers: Mutex<HashMap<u32, SocketAddr>>,
 }
 
 pub(crate) struct Shared {
     stop: AtomicBool,
     shards: Vec<ShardLink>,
+}
+
+impl Shared {
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Asks every shard to stop.
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        for l in &self.shards {
+            sys::eventfd_signal(l.eventfd);
+        }
+    }
+
+    /// Wakes `shard` if it sleeps (or is about to).
+    pub(crate) fn wake(&self, shard: usize) {
+        let link = &self.shards[shard];
+        // SeqCst pairs with the shard's store + fence before it re-checks
+        // its queue: either it sees our command or we see it sleeping.
+        if link.sleeping.load(Ordering::SeqCst) && link.sleeping.swap(false, Ordering::SeqCst) {
+            sys::eventfd_signal(link.eventfd);
+        }
+    }
+
+    /// Wakes every sleeping shard.
+    pub(crate) fn wake_all(&self) {
+        for shard in 0..self.shards.len() {
+            self.wake(shard);
+        }
+    }
+
+    /// Queues a command for `shard`. While its queue is full, waits for the
+    /// shard to drain it; gives the command back once the gate is stopping.
+    pub(crate) fn command(&self, shard: usize, mut cmd: Command) -> Result<(), Command> {
+        let link = &self.shards[shard];
+        let mut spins = 0u32;
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return Err(cmd);
+            }
+            match link.commands.push(cmd) {
+                Ok(()) => break,
+                Err(back) => cmd = back,
+            }
+            self.wake(shard);
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        self.wake(shard);
+        Ok(())
+    }
+
+    /// The client address of a live session owned by `shard`.
+    pub(crate) fn peer_addr(&self, shard: usize, id: u32) -> Option<SocketAddr> {
+        let peers = self.shards.get(shard)?.peers.lock().ok()?;
+        peers.get(&id).copied()
+    }
+
+    /// Counters summed over all shards.
+    pub(crate) fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        for l in &self.shards {
+            let st = &l.stats;
+            let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            s.accepted += get(&st.accepted);
+            s.sessions_opened += get(&st.sessions_opened);
+            s.sessions_resumed += get(&st.sessions_resumed);
+            s.sessions_closed += get(&st.sessions_closed);
+            s.resumes_failed += get(&st.resumes_failed);
+            s.handshake_failed += get(&st.handshake_failed);
+            s.handoffs += get(&st.handoffs_in);
+            s.upstream_failed += get(&st.upstream_failed);
+            s.backpressure_pauses += get(&st.paused);
+            s.worker_queue_full += get(&st.worker_full);
+        }
+        s
+    }
+}
+
+impl ShardLink {
+    /// Marks the shard as going to sleep; returns false (and stays awake)
+    /// when commands arrived meanwhile.
+    pub(crate) fn prepare_sleep(&self) -> bool {
+        self.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if self.commands.is_empty() {
+            return true;
+        }
+        self.sleeping.store(false, Ordering::Relaxed);
+        false
+    }
+
+    /// The shard is awake again.
+    pub(crate) fn woke(&self) {
+        self.sleeping.store(false, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Shared {
@@ -180,6 +296,10 @@ impl Gate {
         for _ in 1..shards {
             listeners.push(sys::listener(local, opts)?);
         }
+        let command_capacity = match &cfg.backend {
+            Backend::Workers(hub) => hub.command_capacity.max(1),
+            _ => 1,
+        };
         let mut links = Vec::with_capacity(shards);
         for _ in 0..shards {
             let eventfd = sys::eventfd().map_err(|e| SetupError::Other(format!("eventfd: {e}")))?;
@@ -188,6 +308,9 @@ impl Gate {
                 eventfd,
                 inbox: SegQueue::new(),
                 stats: ShardStats::default(),
+                sleeping: AtomicBool::new(false),
+                commands: ArrayQueue::new(command_capacity),
+                peers: Mutex::new(HashMap::new()),
             });
         }
         let shared = Arc::new(Shared {
@@ -288,29 +411,16 @@ impl Gate {
 
     /// Counters summed over all shards.
     pub fn stats(&self) -> Stats {
-        let mut s = Stats::default();
-        for l in &self.shared.shards {
-            let st = &l.stats;
-            let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-            s.accepted += get(&st.accepted);
-            s.sessions_opened += get(&st.sessions_opened);
-            s.sessions_resumed += get(&st.sessions_resumed);
-            s.sessions_closed += get(&st.sessions_closed);
-            s.resumes_failed += get(&st.resumes_failed);
-            s.handshake_failed += get(&st.handshake_failed);
-            s.handoffs += get(&st.handoffs_in);
-            s.upstream_failed += get(&st.upstream_failed);
-            s.backpressure_pauses += get(&st.paused);
-        }
-        s
+        self.shared.stats()
     }
 
     /// Asks every shard to stop accepting, close its sessions and exit.
     pub fn shutdown(&self) {
-        self.shared.stop.store(true, Ordering::Release);
-        for l in &self.shared.shards {
-            sys::eventfd_signal(l.eventfd);
-        }
+        self.shared.stop();
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// A handle that can stop the gate from another thread (a signal handler thread).
@@ -350,9 +460,6 @@ pub struct Stopper {
 impl Stopper {
     /// Same as [`Gate::shutdown`].
     pub fn stop(&self) {
-        self.shared.stop.store(true, Ordering::Release);
-        for l in &self.shared.shards {
-            sys::eventfd_signal(l.eventfd);
-        }
+        self.shared.stop();
     }
 }

@@ -9,15 +9,19 @@ use super::sys::{self, RawAddr};
 use super::timer::{DeadlineQueue, Entry as TimerEntry};
 use super::token::{self, Op};
 use super::{Config, Handoff, Shared};
+use crate::gate::embedded::{Command, Encoded, Event, WorkerHub};
 use crate::gate::{Backend, Proxy, UpstreamNet};
 use crate::proto::client::{ClientEvent, ClientHandshake};
+use crate::proto::frame::FrameDecoder;
 use crate::proto::message::{ReuseConnReq, Status};
 use crate::proto::server::{ServerEvent, ServerHandshake};
 use crate::proto::session::Session;
+use bytes::BytesMut;
+use crossbeam_channel::TrySendError;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use slab::Slab;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -49,6 +53,14 @@ pub enum CloseReason {
     ReuseTimeout,
     /// The resume asked for more than the replay window holds.
     ReplayExceeded,
+    /// The application closed it (embedded mode).
+    Kicked,
+    /// The client broke the framing (a frame over the limit, a malformed
+    /// header) (embedded mode).
+    ProtocolError,
+    /// Frames sent to the session outgrew its window and send buffer: the
+    /// client was not reading, or stayed away too long (embedded mode).
+    SendOverflow,
     /// The gate is shutting down.
     Shutdown,
 }
@@ -63,6 +75,9 @@ impl std::fmt::Display for CloseReason {
             CloseReason::UpstreamHandshake => "upstream SCP handshake failed",
             CloseReason::ReuseTimeout => "reuse time ran out",
             CloseReason::ReplayExceeded => "resume beyond the replay window",
+            CloseReason::Kicked => "kicked by the application",
+            CloseReason::ProtocolError => "client broke the framing",
+            CloseReason::SendOverflow => "outgoing frames overflowed the send buffer",
             CloseReason::Shutdown => "shutdown",
         })
     }
@@ -137,9 +152,26 @@ struct UpLink {
     eof: bool,
 }
 
+/// A session's end of the worker queues (embedded mode).
+struct WorkerLink {
+    /// Index of the worker queue: `id % workers`.
+    queue: usize,
+    decoder: FrameDecoder,
+    /// Plaintext not yet cut into frames (at most one partial frame plus
+    /// one receive's worth).
+    rx: BytesMut,
+    /// Events the worker's queue could not take yet, in order. While any
+    /// wait, no more frames are decoded, so this holds at most one frame and
+    /// a few lifecycle events.
+    pending: VecDeque<Event>,
+    /// The framing broke; the session is closing.
+    broken: bool,
+}
+
 enum Peer {
     Echo,
     Up(Box<UpLink>),
+    Worker(Box<WorkerLink>),
 }
 
 struct Sess {
@@ -196,10 +228,43 @@ pub struct Shard {
     handoff_seq: u32,
     handoffs: HashMap<(usize, u32), Handoff>,
     last_limit_warn: Option<Instant>,
+    /// Embedded mode: the worker queues.
+    hub: Option<Arc<WorkerHub>>,
+    /// Sessions with events waiting for a full worker queue.
+    worker_waiting: Vec<(usize, u32)>,
+    /// Sessions whose framing broke, closed after the current batch.
+    worker_broken: Vec<(usize, u32)>,
 }
 
 fn is_more(flags: u32) -> bool {
     cqueue::more(flags)
+}
+
+/// The session's worker cannot take more now (its queue is full, or the
+/// framing broke): the client connection stays paused.
+fn worker_holds(s: &Sess) -> bool {
+    matches!(&s.peer, Peer::Worker(w) if w.broken || !w.pending.is_empty())
+}
+
+/// Offers an event to a worker queue; gives it back when the queue is full,
+/// after asking the worker (`wanted`) to wake the shards once it takes one.
+/// Asking before the second try means a drain between the tries is not missed.
+fn offer(
+    tx: &crossbeam_channel::Sender<Event>,
+    wanted: &std::sync::atomic::AtomicBool,
+    ev: Event,
+) -> Result<(), Event> {
+    match tx.try_send(ev) {
+        // A dropped receiver: the application no longer listens.
+        Ok(()) | Err(TrySendError::Disconnected(_)) => Ok(()),
+        Err(TrySendError::Full(ev)) => {
+            wanted.store(true, Ordering::SeqCst);
+            match tx.try_send(ev) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => Ok(()),
+                Err(TrySendError::Full(ev)) => Err(ev),
+            }
+        }
+    }
 }
 
 impl Shard {
@@ -238,8 +303,14 @@ impl Shard {
             tick_ts: Box::new(types::Timespec::from(TICK)),
             connect_ts: Box::new(types::Timespec::from(match &cfg.backend {
                 Backend::Proxy(p) => p.connect_timeout,
-                Backend::Echo => Duration::from_secs(5),
+                Backend::Echo | Backend::Workers(_) => Duration::from_secs(5),
             })),
+            hub: match &cfg.backend {
+                Backend::Workers(hub) => Some(hub.clone()),
+                _ => None,
+            },
+            worker_waiting: Vec::new(),
+            worker_broken: Vec::new(),
             cfg,
             shared,
             listener,
@@ -295,11 +366,15 @@ impl Shard {
         self.arm_wake();
         let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
         loop {
-            if let Err(e) = self.ring.submit_and_wait(1) {
+            self.worker_round();
+            let link = &self.shared.shards[self.index];
+            let want = usize::from(link.prepare_sleep());
+            if let Err(e) = self.ring.submit_and_wait(want) {
                 if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
                     warn!(shard = self.index, "io_uring wait failed: {e}");
                 }
             }
+            self.shared.shards[self.index].woke();
             cqes.clear();
             cqes.extend(
                 self.ring
@@ -543,6 +618,8 @@ impl Shard {
             return;
         }
         c.paused = false;
+        // Idle time counts from here: while paused, silence was ours.
+        c.last_rx = Instant::now();
         if !c.recv_armed {
             self.arm_recv(ci);
         }
@@ -759,12 +836,23 @@ impl Shard {
     }
 
     fn open_plain_session(&mut self, ci: usize) {
+        // Workers address sessions by id, so plain ones need one too.
+        let id = match self.hub {
+            Some(_) => match self.alloc_id() {
+                Some(id) => id,
+                None => {
+                    self.client_gone(ci, "no free session id");
+                    return;
+                }
+            },
+            None => 0,
+        };
         let epoch = self.new_epoch();
         let limit = self.cfg.relay_buffer;
         let peer = self.conns[ci].peer;
         let si = self.sessions.insert(Sess {
             epoch,
-            id: 0,
+            id,
             client: Outbound::Plain(PlainQueue::new(limit)),
             conn: Some(ci),
             peer: Peer::Echo,
@@ -779,6 +867,13 @@ impl Shard {
             client_eof: false,
             opened: Instant::now(),
         });
+        if id != 0 {
+            self.by_id.insert(id, si);
+            self.shared.shards[self.index]
+                .stats
+                .sessions_opened
+                .fetch_add(1, Ordering::Relaxed);
+        }
         self.conns[ci].state = ConnState::Attached(si, epoch);
         self.shared.shards[self.index]
             .stats
@@ -842,6 +937,7 @@ impl Shard {
                     .sessions_resumed
                     .fetch_add(1, Ordering::Relaxed);
                 info!(shard = self.index, session = req.id, peer = ?peer, resend, "session resumed");
+                self.worker_resumed(si);
                 self.flush_conn(ci);
                 if !rest.is_empty() {
                     let mut rest = rest;
@@ -1131,6 +1227,10 @@ impl Shard {
         }
         if !s.from_client.is_empty() {
             s.from_client.extend_from_slice(data);
+            // A connection that resumed the session is not paused yet.
+            if let Some(ci) = s.conn {
+                self.pause_recv(ci);
+            }
             return;
         }
         let taken = self.deliver_to_peer(si, data);
@@ -1163,6 +1263,7 @@ impl Shard {
                 self.flush_up(si);
                 n
             }
+            Peer::Worker(_) => self.deliver_to_worker(si, data),
         }
     }
 
@@ -1179,7 +1280,7 @@ impl Shard {
     fn drain_from_client(&mut self, si: usize) {
         let s = &mut self.sessions[si];
         if s.from_client.is_empty() {
-            if let Some(ci) = s.conn {
+            if let Some(ci) = s.conn.filter(|_| !worker_holds(s)) {
                 self.resume_recv(ci);
             }
             return;
@@ -1189,7 +1290,7 @@ impl Shard {
         let s = &mut self.sessions[si];
         if n < stash.len() {
             s.from_client = stash[n..].to_vec();
-        } else if let Some(ci) = s.conn {
+        } else if let Some(ci) = s.conn.filter(|_| !worker_holds(s)) {
             self.resume_recv(ci);
         }
     }
@@ -1217,11 +1318,15 @@ impl Shard {
     fn proxy(&self) -> Option<Arc<Proxy>> {
         match &self.cfg.backend {
             Backend::Proxy(p) => Some(p.clone()),
-            Backend::Echo => None,
+            Backend::Echo | Backend::Workers(_) => None,
         }
     }
 
     fn start_peer(&mut self, si: usize) {
+        if self.hub.is_some() {
+            self.start_worker(si);
+            return;
+        }
         let Some(proxy) = self.proxy() else { return };
         let s = &self.sessions[si];
         let tries: Vec<usize> = proxy
@@ -1673,6 +1778,288 @@ impl Shard {
         self.maybe_free_session(si);
     }
 
+    // ---- workers ---------------------------------------------------------------
+    //
+    // Embedded mode. Client plaintext is cut into frames (one decoder per
+    // session) and offered to the session's worker queue; when it is full the
+    // events wait in the session (`WorkerLink::pending`), the client's recv is
+    // paused, and `worker_round` retries once per loop. Commands from the
+    // application arrive in `ShardLink::commands`.
+
+    /// Connects a new session to its worker queue and announces it.
+    fn start_worker(&mut self, si: usize) {
+        let Some(hub) = &self.hub else { return };
+        let s = &mut self.sessions[si];
+        s.peer = Peer::Worker(Box::new(WorkerLink {
+            queue: s.id as usize % hub.senders.len(),
+            decoder: FrameDecoder::new(hub.format, hub.max_frame),
+            rx: BytesMut::new(),
+            pending: VecDeque::new(),
+            broken: false,
+        }));
+        let opened = Event::Opened {
+            session: s.id,
+            peer: s.client_addr,
+            target: s.target.clone(),
+            flag: s.flag,
+        };
+        self.note_peer(si);
+        self.worker_emit(si, opened);
+    }
+
+    /// Publishes the session's client address for `Handle::peer_addr`.
+    fn note_peer(&self, si: usize) {
+        let s = &self.sessions[si];
+        if let Ok(mut peers) = self.shared.shards[self.index].peers.lock() {
+            match s.client_addr {
+                Some(addr) => peers.insert(s.id, addr),
+                None => peers.remove(&s.id),
+            };
+        }
+    }
+
+    /// Queues an event for the session's worker, behind any already waiting.
+    fn worker_emit(&mut self, si: usize, ev: Event) {
+        let Some(hub) = &self.hub else { return };
+        let Some(s) = self.sessions.get_mut(si) else {
+            return;
+        };
+        let Peer::Worker(w) = &mut s.peer else { return };
+        if !w.pending.is_empty() {
+            w.pending.push_back(ev);
+        } else if let Err(ev) = offer(&hub.senders[w.queue], &hub.wanted[w.queue], ev) {
+            w.pending.push_back(ev);
+            let epoch = s.epoch;
+            self.worker_wait(si, epoch);
+        }
+    }
+
+    /// The session's worker queue is full: stop reading from its client
+    /// until `retry_workers` has delivered what waits.
+    fn worker_wait(&mut self, si: usize, epoch: u32) {
+        self.worker_waiting.push((si, epoch));
+        self.shared.shards[self.index]
+            .stats
+            .worker_full
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(ci) = self.sessions[si].conn {
+            self.pause_recv(ci);
+        }
+    }
+
+    /// Plaintext for the worker; takes nothing while events wait (the
+    /// caller stashes it and pauses the client).
+    fn deliver_to_worker(&mut self, si: usize, data: &[u8]) -> usize {
+        let Peer::Worker(w) = &mut self.sessions[si].peer else {
+            return data.len();
+        };
+        if w.broken {
+            return data.len(); // the session is closing; drop it
+        }
+        if !w.pending.is_empty() {
+            return 0;
+        }
+        w.rx.extend_from_slice(data);
+        self.decode_frames(si);
+        data.len()
+    }
+
+    /// Offers every complete frame to the worker until its queue is full.
+    /// A broken frame marks the session for closing after this batch (its
+    /// callers still hold its slab index).
+    fn decode_frames(&mut self, si: usize) {
+        let Some(hub) = &self.hub else { return };
+        let s = &mut self.sessions[si];
+        let (id, epoch) = (s.id, s.epoch);
+        let Peer::Worker(w) = &mut s.peer else { return };
+        if w.broken || !w.pending.is_empty() {
+            return;
+        }
+        let (tx, wanted) = (&hub.senders[w.queue], &hub.wanted[w.queue]);
+        loop {
+            match w.decoder.decode(&mut w.rx) {
+                Ok(Some(data)) => {
+                    if let Err(ev) = offer(tx, wanted, Event::Frame { session: id, data }) {
+                        w.pending.push_back(ev);
+                        self.worker_wait(si, epoch);
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    info!(
+                        shard = self.index,
+                        session = id,
+                        "bad frame from the client: {e}"
+                    );
+                    w.broken = true;
+                    w.rx = BytesMut::new();
+                    self.worker_broken.push((si, epoch));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A resume. A worker that has not yet seen the detach is spared both,
+    /// and one waiting `Resumed` stands for several (so a client resuming
+    /// in a loop cannot grow `pending` while its worker is stalled).
+    fn worker_resumed(&mut self, si: usize) {
+        if self.hub.is_none() {
+            return;
+        }
+        self.note_peer(si);
+        let s = &mut self.sessions[si];
+        let id = s.id;
+        if let Peer::Worker(w) = &mut s.peer {
+            match w.pending.back() {
+                Some(Event::Detached { .. }) => {
+                    w.pending.pop_back();
+                    return;
+                }
+                Some(Event::Resumed { .. }) => return,
+                _ => {}
+            }
+        }
+        self.worker_emit(si, Event::Resumed { session: id });
+    }
+
+    fn worker_closed(&mut self, si: usize, reason: CloseReason) {
+        if self.hub.is_none() {
+            return;
+        }
+        let id = self.sessions[si].id;
+        if let Ok(mut peers) = self.shared.shards[self.index].peers.lock() {
+            peers.remove(&id);
+        }
+        self.worker_emit(
+            si,
+            Event::Closed {
+                session: id,
+                reason,
+            },
+        );
+    }
+
+    /// Once per loop, before waiting: the application's commands, sessions
+    /// waiting for their worker, sessions whose framing broke.
+    fn worker_round(&mut self) {
+        if self.hub.is_none() {
+            return;
+        }
+        self.drain_commands();
+        self.retry_workers();
+        for (si, epoch) in std::mem::take(&mut self.worker_broken) {
+            if self.sessions.get(si).is_some_and(|s| s.epoch == epoch) {
+                self.close_session(si, CloseReason::ProtocolError);
+            }
+        }
+    }
+
+    fn drain_commands(&mut self) {
+        let Some(budget) = self.hub.as_ref().map(|h| h.command_capacity) else {
+            return;
+        };
+        // At most one queue's worth per loop, so I/O is not starved.
+        for _ in 0..budget {
+            let Some(cmd) = self.shared.shards[self.index].commands.pop() else {
+                return;
+            };
+            match cmd {
+                Command::Send(id, frame) => self.send_to(id, &frame),
+                Command::SendMany(ids, frame) => {
+                    for id in ids {
+                        self.send_to(id, &frame);
+                    }
+                }
+                Command::Broadcast(frame) => {
+                    let ids: Vec<u32> = self.by_id.keys().copied().collect();
+                    for id in ids {
+                        self.send_to(id, &frame);
+                    }
+                }
+                Command::Kick(id) => {
+                    if let Some(&si) = self.by_id.get(&id) {
+                        self.close_session(si, CloseReason::Kicked);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends a frame to a session's outgoing stream: into the window (the
+    /// send buffer that also serves resumes) while it has room, the rest
+    /// into `from_peer`, bounded by `relay_buffer`.
+    fn send_to(&mut self, id: u32, frame: &Encoded) {
+        let Some(&si) = self.by_id.get(&id) else {
+            return;
+        };
+        let limit = self.cfg.relay_buffer;
+        let s = &mut self.sessions[si];
+        if s.closing.is_some() {
+            return;
+        }
+        let direct = if s.from_peer.is_empty() {
+            s.client.free_space().min(frame.len())
+        } else {
+            0
+        };
+        if s.from_peer.len() + (frame.len() - direct) > limit {
+            debug!(
+                shard = self.index,
+                session = id,
+                window = s.client.unsent(),
+                "outgoing frames overflow"
+            );
+            self.close_session(si, CloseReason::SendOverflow);
+            return;
+        }
+        for part in frame.parts() {
+            let n = if s.from_peer.is_empty() {
+                s.client.push(part)
+            } else {
+                0
+            };
+            s.from_peer.extend_from_slice(&part[n..]);
+        }
+        if let Some(ci) = s.conn.filter(|_| direct > 0) {
+            self.flush_conn(ci);
+        }
+    }
+
+    /// Delivers what waits for worker queues that have room again; a session
+    /// whose events all went resumes decoding and reading.
+    fn retry_workers(&mut self) {
+        let Some(hub) = self.hub.clone() else { return };
+        for (si, epoch) in std::mem::take(&mut self.worker_waiting) {
+            let Some(s) = self.sessions.get_mut(si).filter(|s| s.epoch == epoch) else {
+                continue;
+            };
+            let closing = s.closing.is_some();
+            let Peer::Worker(w) = &mut s.peer else {
+                continue;
+            };
+            let (tx, wanted) = (&hub.senders[w.queue], &hub.wanted[w.queue]);
+            while let Some(ev) = w.pending.pop_front() {
+                if let Err(ev) = offer(tx, wanted, ev) {
+                    w.pending.push_front(ev);
+                    break;
+                }
+            }
+            if !w.pending.is_empty() {
+                self.worker_waiting.push((si, epoch));
+                continue;
+            }
+            if closing {
+                self.maybe_free_session(si);
+                continue;
+            }
+            self.decode_frames(si);
+            self.drain_from_client(si);
+            self.check_finished(si);
+        }
+    }
+
     // ---- endings ---------------------------------------------------------------
 
     /// The client's connection ended (or must end).
@@ -1713,6 +2100,8 @@ impl Shard {
                                 epoch: token,
                             },
                         );
+                        let id = s.id;
+                        self.worker_emit(si, Event::Detached { session: id });
                         self.check_finished(si);
                     } else {
                         s.client_eof = true;
@@ -1737,7 +2126,7 @@ impl Shard {
         }
         let peer_done = match &s.peer {
             Peer::Up(up) => up.eof,
-            Peer::Echo => false,
+            Peer::Echo | Peer::Worker(_) => false,
         };
         if peer_done && s.from_peer.is_empty() && s.client.unsent() == 0 {
             self.close_session(si, CloseReason::UpstreamClosed);
@@ -1746,7 +2135,7 @@ impl Shard {
         if s.client_eof {
             let up_drained = match &s.peer {
                 Peer::Up(up) => up.out.as_ref().is_none_or(|o| o.unsent() == 0) || up.eof,
-                Peer::Echo => true,
+                Peer::Echo | Peer::Worker(_) => true,
             };
             if up_drained && s.from_client.is_empty() {
                 self.close_session(si, CloseReason::ClientClosed);
@@ -1777,6 +2166,7 @@ impl Shard {
         } else {
             debug!(shard = self.index, peer = ?s.client_addr, "plain connection closed: {reason}");
         }
+        self.worker_closed(si, reason);
         let s = &mut self.sessions[si];
         s.from_client = Vec::new();
         s.from_peer = Vec::new();
@@ -1795,10 +2185,12 @@ impl Shard {
         if s.closing.is_none() || s.io_refs > 0 || s.conn.is_some() {
             return;
         }
-        if let Peer::Up(up) = &s.peer {
-            if up.ops > 0 || up.slot.is_some() {
-                return;
-            }
+        match &s.peer {
+            Peer::Up(up) if up.ops > 0 || up.slot.is_some() => return,
+            // The worker must still get this session's last events (its
+            // slot counts against max_sessions until then).
+            Peer::Worker(w) if !w.pending.is_empty() => return,
+            _ => {}
         }
         self.sessions.remove(si);
     }
@@ -1881,7 +2273,8 @@ impl Shard {
                 else {
                     continue;
                 };
-                if now.duration_since(c.last_rx) >= idle.duration() {
+                // A paused connection is not idle: the gate stopped reading it.
+                if now.duration_since(c.last_rx) >= idle.duration() && !c.paused {
                     self.client_gone(e.index, "idle timeout");
                 } else {
                     idle.push(now, e);

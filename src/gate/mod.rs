@@ -1,9 +1,10 @@
-//! What a session is connected to: an upstream server (proxy mode) or the
-//! built-in echo. (Embedded mode's worker queues will join these.)
+//! What a session is connected to: an upstream server (proxy mode), the
+//! application's worker threads ([`embedded`] mode) or the built-in echo.
 //!
 //! This module holds the decisions — which upstream, what to announce — and
 //! no I/O: the engine's shards drive the sockets.
 
+pub mod embedded;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -48,4 +49,7 @@ pub enum Backend {
     Echo,
     /// Each session gets its own upstream connection.
     Proxy(std::sync::Arc<Proxy>),
+    /// Each session's frames go to worker threads ([`embedded`] mode; made
+    /// by [`embedded::Builder`]).
+    Workers(std::sync::Arc<embedded::WorkerHub>),
 }

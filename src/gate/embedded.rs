@@ -1,0 +1,646 @@
+//! Embedded mode: the gate inside the application's own process, its frames
+//! handed to the application's worker threads.
+//!
+//! [`Builder::start`] runs the same shards as `serve` and returns a
+//! [`Handle`] and one [`EventReceiver`] per worker. Each shard decodes the
+//! frames of its sessions' plaintext (u16-BE packets by default) and pushes
+//! [`Event`]s into bounded queues; all events of a session go to worker
+//! `session % workers`, in order. Workers answer through the [`Handle`],
+//! whose commands travel to the owning shard through a per-shard lock-free
+//! queue; the shard is woken with a write to its eventfd only when it sleeps.
+//!
+//! Memory stays bounded in both directions:
+//! - a worker that does not keep up fills its queue; the shard then stops
+//!   reading from that worker's sessions (the bytes wait in the kernel's
+//!   socket buffers) and resumes when the worker drains its queue. Other
+//!   workers' sessions are not held back.
+//! - frames sent to a session go into its replay window (the send buffer,
+//!   kept across reconnects) plus at most `send_buffer` more bytes; a session
+//!   that would need more is closed with [`CloseReason::SendOverflow`].
+//!
+//! ```no_run
+//! use ringgate::gate::embedded::{Builder, Event};
+//!
+//! let (handle, receivers) = Builder::new("127.0.0.1:1248".parse().unwrap())
+//!     .workers(2)
+//!     .start()
+//!     .unwrap();
+//! let threads: Vec<_> = receivers
+//!     .into_iter()
+//!     .map(|rx| {
+//!         let handle = handle.clone();
+//!         std::thread::spawn(move || {
+//!             while let Some(ev) = rx.recv() {
+//!                 if let Event::Frame { session, data } = ev {
+//!                     let _ = handle.send(session, data); // echo
+//!                 }
+//!             }
+//!         })
+//!     })
+//!     .collect();
+//! # handle.shutdown();
+//! for t in threads {
+//!     t.join().unwrap();
+//! }
+//! ```
+
+use crate::engine::{Config, Gate, SetupError, Shared, Stats};
+use crate::gate::Backend;
+use crate::proto::frame::{FrameError, FrameFormat};
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use crate::engine::CloseReason;
+
+/// A session's id: unique among live sessions, and the id an SCP client
+/// resumes with. Its low bits name the shard that owns the session.
+pub type SessionId = u32;
+
+/// What happened to a session. A session's events arrive in this order:
+/// `Opened`, then `Frame`s interleaved with `Detached`/`Resumed`, then one
+/// `Closed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new session (an SCP new-session handshake, or a plain connection).
+    Opened {
+        /// The session.
+        session: SessionId,
+        /// The client's address, when the kernel told it.
+        peer: Option<SocketAddr>,
+        /// The target the SCP client asked for, if any.
+        target: Option<String>,
+        /// The SCP client's flag field (0 when absent or plain).
+        flag: i32,
+    },
+    /// One whole frame from the client, without its framing.
+    Frame {
+        /// The session.
+        session: SessionId,
+        /// The payload.
+        data: Bytes,
+    },
+    /// The client reconnected; frames sent while it was away follow it.
+    /// (A resume that replaces a live connection comes without `Detached`.)
+    Resumed {
+        /// The session.
+        session: SessionId,
+    },
+    /// The connection dropped; the session waits `reuse_time` for a resume.
+    /// Frames sent meanwhile are buffered.
+    Detached {
+        /// The session.
+        session: SessionId,
+    },
+    /// The session ended; its id is no longer valid.
+    Closed {
+        /// The session.
+        session: SessionId,
+        /// Why. [`CloseReason::ClientClosed`] is the peer closing (plain
+        /// mode; SCP clients detach instead).
+        reason: CloseReason,
+    },
+}
+
+impl Event {
+    /// The session the event is about.
+    pub fn session(&self) -> SessionId {
+        match self {
+            Event::Opened { session, .. }
+            | Event::Frame { session, .. }
+            | Event::Resumed { session }
+            | Event::Detached { session }
+            | Event::Closed { session, .. } => *session,
+        }
+    }
+}
+
+/// Why a command from the application was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The frame is longer than the framing can express.
+    #[error("frame too large: {0}")]
+    TooLarge(#[from] FrameError),
+    /// The gate is shutting down or gone.
+    #[error("the gate has stopped")]
+    Stopped,
+}
+
+/// Why [`EventReceiver::try_recv`] or [`EventReceiver::recv_timeout`]
+/// returned no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecvError {
+    /// No event now (or within the timeout).
+    #[error("no event")]
+    Empty,
+    /// The gate has stopped and every event was received.
+    #[error("the gate has stopped")]
+    Ended,
+}
+
+/// A frame encoded for the wire: its header, the payload (shared, not
+/// copied) and its trailer. The shard copies it into the session's window.
+#[derive(Debug, Clone)]
+pub(crate) struct Encoded {
+    head: [u8; 24],
+    head_len: u8,
+    payload: Bytes,
+    comma: bool,
+}
+
+impl Encoded {
+    pub(crate) fn new(format: FrameFormat, payload: Bytes) -> Result<Encoded, FrameError> {
+        let len = payload.len();
+        let max = format.format_max();
+        if len > max {
+            return Err(FrameError::TooLarge { len, max });
+        }
+        let mut head = [0u8; 24];
+        let head_len = match format {
+            FrameFormat::U16Be => {
+                head[..2].copy_from_slice(&(len as u16).to_be_bytes());
+                2
+            }
+            FrameFormat::U32Be => {
+                head[..4].copy_from_slice(&(len as u32).to_be_bytes());
+                4
+            }
+            FrameFormat::Netstring => {
+                let digits = len.to_string();
+                let n = digits.len(); // at most 20 digits for a u64
+                head[..n].copy_from_slice(digits.as_bytes());
+                head[n] = b':';
+                n + 1
+            }
+            FrameFormat::Raw => 0,
+        };
+        Ok(Encoded {
+            head,
+            head_len: head_len as u8,
+            payload,
+            comma: format == FrameFormat::Netstring,
+        })
+    }
+
+    /// Bytes on the wire.
+    pub(crate) fn len(&self) -> usize {
+        self.head_len as usize + self.payload.len() + self.comma as usize
+    }
+
+    /// The wire bytes in order.
+    pub(crate) fn parts(&self) -> [&[u8]; 3] {
+        let tail: &[u8] = if self.comma { b"," } else { b"" };
+        [&self.head[..self.head_len as usize], &self.payload, tail]
+    }
+}
+
+/// A command from the application to the shard owning the session(s).
+pub(crate) enum Command {
+    Send(SessionId, Encoded),
+    SendMany(Vec<SessionId>, Encoded),
+    Broadcast(Encoded),
+    Kick(SessionId),
+}
+
+/// The shards' side of embedded mode: the worker queues' senders and the
+/// framing. Made by [`Builder::start`]; opaque to the application.
+///
+/// Only the shards hold it, so the queues disconnect (and every
+/// [`EventReceiver`] ends) once the last shard has exited.
+pub struct WorkerHub {
+    pub(crate) senders: Vec<Sender<Event>>,
+    /// Per worker: a shard found its queue full and wants a wake-up when
+    /// the worker takes something.
+    pub(crate) wanted: Arc<[AtomicBool]>,
+    pub(crate) format: FrameFormat,
+    pub(crate) max_frame: usize,
+    pub(crate) command_capacity: usize,
+}
+
+impl std::fmt::Debug for WorkerHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHub")
+            .field("workers", &self.senders.len())
+            .field("format", &self.format)
+            .field("max_frame", &self.max_frame)
+            .finish()
+    }
+}
+
+/// Configures and starts an embedded gate.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    cfg: Config,
+    format: FrameFormat,
+    max_frame: usize,
+    workers: usize,
+    queue_capacity: usize,
+    command_capacity: usize,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder::new(Config::default().listen)
+    }
+}
+
+impl Builder {
+    /// A gate listening on `listen`, speaking SCP, one worker, u16-BE frames.
+    pub fn new(listen: SocketAddr) -> Builder {
+        Builder {
+            cfg: Config {
+                listen,
+                ..Config::default()
+            },
+            format: FrameFormat::U16Be,
+            max_frame: u16::MAX as usize,
+            workers: 1,
+            queue_capacity: 4096,
+            command_capacity: 4096,
+        }
+    }
+
+    /// Address to listen on (port 0 picks one; see [`Handle::local_addr`]).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.cfg.listen = addr;
+        self
+    }
+
+    /// Number of shards (threads with one ring each).
+    pub fn shards(mut self, n: usize) -> Self {
+        self.cfg.shards = n.max(1);
+        self
+    }
+
+    /// Speak SCP (resumable sessions, the default) or plain TCP.
+    pub fn scp(mut self, scp: bool) -> Self {
+        self.cfg.scp = scp;
+        self
+    }
+
+    /// How frames are delimited inside the stream (both directions).
+    pub fn framing(mut self, format: FrameFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Largest frame a client may send; a longer one closes its session
+    /// with [`CloseReason::ProtocolError`]. For raw framing, the largest
+    /// piece handed over at once.
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// Time a connection has to complete its SCP handshake.
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.cfg.handshake_timeout = t;
+        self
+    }
+
+    /// How long a detached session waits for its client to resume.
+    pub fn reuse_time(mut self, t: Duration) -> Self {
+        self.cfg.reuse_time = t;
+        self
+    }
+
+    /// Replay window per session, bytes: what a resume can recover, and
+    /// what is buffered for a detached client.
+    pub fn reuse_buffer(mut self, bytes: usize) -> Self {
+        self.cfg.reuse_buffer = bytes;
+        self
+    }
+
+    /// Bytes of outgoing frames a session may queue beyond its window (or,
+    /// plain, its send queue) before it is closed with
+    /// [`CloseReason::SendOverflow`].
+    pub fn send_buffer(mut self, bytes: usize) -> Self {
+        self.cfg.relay_buffer = bytes;
+        self
+    }
+
+    /// Live sessions across all shards.
+    pub fn max_sessions(mut self, n: usize) -> Self {
+        self.cfg.max_sessions = n;
+        self
+    }
+
+    /// Drop a connection that received nothing for this long (an SCP
+    /// session detaches; a plain one closes).
+    pub fn idle_timeout(mut self, t: Option<Duration>) -> Self {
+        self.cfg.idle_timeout = t;
+        self
+    }
+
+    /// Number of worker queues (one [`EventReceiver`] each).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n.max(1);
+        self
+    }
+
+    /// Events each worker queue holds before its sessions are held back.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n.max(1);
+        self
+    }
+
+    /// Commands each shard's queue holds before senders wait.
+    pub fn command_capacity(mut self, n: usize) -> Self {
+        self.command_capacity = n.max(1);
+        self
+    }
+
+    /// Any other engine setting (buffers, keepalive, pinning...). The
+    /// backend is always replaced by the worker queues.
+    pub fn engine(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.cfg);
+        self
+    }
+
+    /// Binds and starts the shards; returns the handle and one receiver per
+    /// worker (receiver `i` gets the sessions with `id % workers == i`).
+    pub fn start(self) -> Result<(Handle, Vec<EventReceiver>), SetupError> {
+        let mut senders = Vec::with_capacity(self.workers);
+        let mut receivers = Vec::with_capacity(self.workers);
+        for _ in 0..self.workers {
+            let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        let wanted: Arc<[AtomicBool]> = (0..self.workers).map(|_| AtomicBool::new(false)).collect();
+        let hub = Arc::new(WorkerHub {
+            senders,
+            wanted: wanted.clone(),
+            format: self.format,
+            max_frame: self.max_frame,
+            command_capacity: self.command_capacity,
+        });
+        let gate = Gate::start(Config {
+            backend: Backend::Workers(hub),
+            ..self.cfg
+        })?;
+        let shared = gate.shared().clone();
+        let handle = Handle {
+            inner: Arc::new(Inner {
+                id_bits: id_bits(gate.shards()),
+                local: gate.local_addr(),
+                format: self.format,
+                shared: shared.clone(),
+                gate: Mutex::new(Some(gate)),
+            }),
+        };
+        let receivers = receivers
+            .into_iter()
+            .enumerate()
+            .map(|(index, rx)| EventReceiver {
+                rx,
+                index,
+                wanted: wanted.clone(),
+                shared: shared.clone(),
+            })
+            .collect();
+        Ok((handle, receivers))
+    }
+}
+
+/// Bits of a session id that name its shard (as the shards allocate them).
+fn id_bits(shards: usize) -> u32 {
+    usize::BITS - (shards.max(1) - 1).leading_zeros()
+}
+
+struct Inner {
+    id_bits: u32,
+    local: SocketAddr,
+    format: FrameFormat,
+    shared: Arc<Shared>,
+    gate: Mutex<Option<Gate>>,
+}
+
+/// Sends frames to sessions and controls the gate, from any thread.
+///
+/// Commands for one session are applied in the order they were made from
+/// one thread. Frames for a session that has closed are dropped.
+#[derive(Clone)]
+pub struct Handle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("local", &self.inner.local)
+            .finish()
+    }
+}
+
+impl Handle {
+    /// The address the gate listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    fn owner(&self, session: SessionId) -> Option<usize> {
+        let owner = (session & ((1u32 << self.inner.id_bits) - 1)) as usize;
+        (owner < self.inner.shared.shard_count()).then_some(owner)
+    }
+
+    fn encode(&self, frame: Bytes) -> Result<Encoded, SendError> {
+        Ok(Encoded::new(self.inner.format, frame)?)
+    }
+
+    fn command(&self, shard: usize, cmd: Command) -> Result<(), SendError> {
+        self.inner
+            .shared
+            .command(shard, cmd)
+            .map_err(|_| SendError::Stopped)
+    }
+
+    /// Sends one frame (framed as configured) to a session. It goes into
+    /// the session's replay window, so a detached client gets it after its
+    /// resume. Waits only while the owning shard's command queue is full.
+    pub fn send(&self, session: SessionId, frame: impl Into<Bytes>) -> Result<(), SendError> {
+        let frame = self.encode(frame.into())?;
+        match self.owner(session) {
+            Some(shard) => self.command(shard, Command::Send(session, frame)),
+            None => Ok(()), // not an id this gate hands out: no such session
+        }
+    }
+
+    /// Sends the same frame to several sessions (one command per shard).
+    pub fn send_many(
+        &self,
+        sessions: &[SessionId],
+        frame: impl Into<Bytes>,
+    ) -> Result<(), SendError> {
+        let frame = self.encode(frame.into())?;
+        let mut per_shard: Vec<Vec<SessionId>> = vec![Vec::new(); self.inner.shared.shard_count()];
+        for &s in sessions {
+            if let Some(shard) = self.owner(s) {
+                per_shard[shard].push(s);
+            }
+        }
+        for (shard, ids) in per_shard.into_iter().enumerate() {
+            if !ids.is_empty() {
+                self.command(shard, Command::SendMany(ids, frame.clone()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a frame to every live session.
+    pub fn broadcast(&self, frame: impl Into<Bytes>) -> Result<(), SendError> {
+        let frame = self.encode(frame.into())?;
+        for shard in 0..self.inner.shared.shard_count() {
+            self.command(shard, Command::Broadcast(frame.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// Closes a session ([`CloseReason::Kicked`]); unknown ids are ignored.
+    pub fn kick(&self, session: SessionId) -> Result<(), SendError> {
+        match self.owner(session) {
+            Some(shard) => self.command(shard, Command::Kick(session)),
+            None => Ok(()),
+        }
+    }
+
+    /// The address of a live session's client (the latest connection's).
+    pub fn peer_addr(&self, session: SessionId) -> Option<SocketAddr> {
+        self.inner.shared.peer_addr(self.owner(session)?, session)
+    }
+
+    /// The gate's counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.shared.stats()
+    }
+
+    /// Closes every session ([`CloseReason::Shutdown`]) and stops the shards;
+    /// each [`EventReceiver`] ends after the last events.
+    pub fn shutdown(&self) {
+        self.inner.shared.stop();
+    }
+
+    /// Waits until every shard has exited (after [`shutdown`](Self::shutdown)).
+    pub fn join(&self) {
+        let mut gate = self.inner.gate.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = gate.take() {
+            g.join();
+        }
+    }
+}
+
+/// One worker's queue of events.
+pub struct EventReceiver {
+    rx: Receiver<Event>,
+    index: usize,
+    wanted: Arc<[AtomicBool]>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for EventReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventReceiver")
+            .field("worker", &self.index)
+            .field("queued", &self.rx.len())
+            .finish()
+    }
+}
+
+impl EventReceiver {
+    /// This receiver's worker index (its sessions have `id % workers == index`).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The next event; `None` once the gate has stopped and all events
+    /// were received.
+    pub fn recv(&self) -> Option<Event> {
+        let ev = self.rx.recv().ok()?;
+        self.taken();
+        Some(ev)
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&self) -> Result<Event, RecvError> {
+        match self.rx.try_recv() {
+            Ok(ev) => {
+                self.taken();
+                Ok(ev)
+            }
+            Err(TryRecvError::Empty) => Err(RecvError::Empty),
+            Err(TryRecvError::Disconnected) => Err(RecvError::Ended),
+        }
+    }
+
+    /// The next event, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event, RecvError> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(ev) => {
+                self.taken();
+                Ok(ev)
+            }
+            Err(RecvTimeoutError::Timeout) => Err(RecvError::Empty),
+            Err(RecvTimeoutError::Disconnected) => Err(RecvError::Ended),
+        }
+    }
+
+    /// Events waiting in the queue.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether the queue is empty.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// Room was made: wake the shards if one is waiting for it. The load
+    /// keeps the common case to a read of a shared flag.
+    fn taken(&self) {
+        let flag = &self.wanted[self.index];
+        if flag.load(Ordering::Relaxed) && flag.swap(false, Ordering::SeqCst) {
+            self.shared.wake_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(format: FrameFormat, payload: &[u8]) -> Vec<u8> {
+        let e = Encoded::new(format, Bytes::copy_from_slice(payload)).unwrap();
+        let wire: Vec<u8> = e.parts().concat();
+        assert_eq!(wire.len(), e.len());
+        wire
+    }
+
+    #[test]
+    fn encoded_matches_encode_frame() {
+        for format in [
+            FrameFormat::U16Be,
+            FrameFormat::U32Be,
+            FrameFormat::Netstring,
+            FrameFormat::Raw,
+        ] {
+            for payload in [&b""[..], b"x", &[7u8; 1000]] {
+                let mut want = Vec::new();
+                crate::proto::frame::encode_frame(format, payload, &mut want).unwrap();
+                assert_eq!(wire(format, payload), want, "{format:?}");
+            }
+        }
+        assert!(Encoded::new(FrameFormat::U16Be, Bytes::from(vec![0; 65536])).is_err());
+    }
+
+    #[test]
+    fn id_bits_match_shard_count() {
+        assert_eq!(id_bits(1), 0);
+        assert_eq!(id_bits(2), 1);
+        assert_eq!(id_bits(3), 2);
+        assert_eq!(id_bits(4), 2);
+        assert_eq!(id_bits(5), 3);
+    }
+}
