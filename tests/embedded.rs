@@ -375,6 +375,12 @@ fn plain_mode_frames_and_close() {
             reason: CloseReason::ClientClosed
         }
     );
+    let stats = h.handle.stats();
+    assert_eq!(
+        (stats.sessions_opened, stats.sessions_closed),
+        (1, 1),
+        "{stats:?}"
+    );
     h.finish();
 }
 
