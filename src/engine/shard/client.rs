@@ -108,7 +108,7 @@ impl Shard {
                 c.raw_in.extend_from_slice(data)
             }
             ConnState::HandingOff { .. } => {
-                debug!(shard = self.index, peer = ?c.peer, "flood during a resume hand-over: closing");
+                debug!(shard = self.index, peer = %Addr(c.peer), "flood during a resume hand-over: closing");
                 c.state = ConnState::Dead;
                 self.close_conn(ci);
             }

@@ -15,7 +15,7 @@ impl Shard {
                     .stats
                     .handshake_failed
                     .fetch_add(1, Ordering::Relaxed);
-                debug!(shard = self.index, peer = ?peer, "connection closed during handshake: {why}");
+                debug!(shard = self.index, peer = %Addr(peer), "connection closed during handshake: {why}");
             }
             ConnState::Attached(si, sg) => {
                 if let Some(s) = self
@@ -100,12 +100,12 @@ impl Shard {
             info!(
                 shard = self.index,
                 session = s.id,
-                peer = ?s.client_addr,
+                peer = %Addr(s.client_addr),
                 lived_ms = s.opened.elapsed().as_millis() as u64,
                 "session closed: {reason}"
             );
         } else {
-            debug!(shard = self.index, peer = ?s.client_addr, "plain connection closed: {reason}");
+            debug!(shard = self.index, peer = %Addr(s.client_addr), "plain connection closed: {reason}");
         }
         self.worker_closed(si, reason);
         let s = &mut self.sessions[si];

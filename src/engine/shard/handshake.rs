@@ -9,7 +9,7 @@ impl Shard {
             return;
         };
         if c.raw_in.len() + data.len() > MAX_HANDSHAKE_BYTES {
-            debug!(shard = self.index, peer = ?c.peer, "handshake flood: closing");
+            debug!(shard = self.index, peer = %Addr(c.peer), "handshake flood: closing");
             self.fail_handshake(
                 ci,
                 "too many bytes before the handshake completed",
@@ -52,7 +52,7 @@ impl Shard {
             .handshake_failed
             .fetch_add(1, Ordering::Relaxed);
         let c = &mut self.conns[ci];
-        debug!(shard = self.index, peer = ?c.peer, "handshake failed: {why}");
+        debug!(shard = self.index, peer = %Addr(c.peer), "handshake failed: {why}");
         c.raw_in = Vec::new();
         if answer.is_empty() {
             c.state = ConnState::Dead;
@@ -121,7 +121,7 @@ impl Shard {
             .stats
             .sessions_opened
             .fetch_add(1, Ordering::Relaxed);
-        info!(shard = self.index, session = id, peer = ?peer, target = ?self.sessions[si].target, "session opened");
+        info!(shard = self.index, session = id, peer = %Addr(peer), target = ?self.sessions[si].target, "session opened");
         self.start_peer(si);
         self.flush_conn(ci);
         if !rest.is_empty() {
@@ -151,7 +151,7 @@ impl Shard {
             .stats
             .sessions_opened
             .fetch_add(1, Ordering::Relaxed);
-        debug!(shard = self.index, peer = ?self.conns[ci].peer, "plain connection opened");
+        debug!(shard = self.index, peer = %Addr(self.conns[ci].peer), "plain connection opened");
         self.start_peer(si);
     }
 
@@ -164,7 +164,7 @@ impl Shard {
         self.end_handshake(ci);
         let peer = self.conns[ci].peer;
         let Some(&si) = self.by_id.get(&req.id) else {
-            info!(shard = self.index, session = req.id, peer = ?peer, "resume refused: 404 no such session");
+            info!(shard = self.index, session = req.id, peer = %Addr(peer), "resume refused: 404 no such session");
             self.refuse_resume(ci, Status::NotFound);
             return;
         };
@@ -175,7 +175,7 @@ impl Shard {
         };
         match result {
             Err(status) => {
-                info!(shard = self.index, session = req.id, peer = ?peer, "resume refused: {}", status as u16);
+                info!(shard = self.index, session = req.id, peer = %Addr(peer), "resume refused: {}", status as u16);
                 self.refuse_resume(ci, status);
                 if status == Status::NotAcceptable {
                     self.close_session(si, CloseReason::ReplayExceeded);
@@ -208,7 +208,7 @@ impl Shard {
                     .stats
                     .sessions_resumed
                     .fetch_add(1, Ordering::Relaxed);
-                info!(shard = self.index, session = req.id, peer = ?peer, resend, "session resumed");
+                info!(shard = self.index, session = req.id, peer = %Addr(peer), resend, "session resumed");
                 self.worker_resumed(si);
                 self.flush_conn(ci);
                 if !rest.is_empty() {

@@ -246,6 +246,19 @@ pub struct Shard {
     worker_broken: Vec<(usize, u32)>,
 }
 
+/// A peer address for log lines: the address, or `?` when the kernel did
+/// not tell (kernels before 6.7 cannot for direct descriptors).
+struct Addr(Option<SocketAddr>);
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => f.write_str("?"),
+        }
+    }
+}
+
 fn is_more(flags: u32) -> bool {
     cqueue::more(flags)
 }
