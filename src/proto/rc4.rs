@@ -1,14 +1,14 @@
 //! RC4, the stream cipher SCP wraps its byte stream in.
 //!
 //! RC4 is broken as a cipher; SCP uses it for wire compatibility only.
-//! This implementation keeps the state as `u32` words (as OpenSSL does on
-//! x86-64) to avoid byte-store/word-load stalls; `benches/crypto.rs` keeps the
-//! comparison with the `rc4` crate that justifies having our own.
+//! The state is 256 bytes per direction, so a session's two ciphers cost
+//! 512 bytes; `benches/crypto.rs` keeps the comparison with the `rc4` crate
+//! (and `perf/crypto.sh` the one with OpenSSL) that justifies our own.
 
 /// One direction's RC4 keystream state.
 #[derive(Clone)]
 pub struct Rc4 {
-    s: [u32; 256],
+    s: [u8; 256],
     i: u8,
     j: u8,
 }
@@ -20,13 +20,13 @@ impl Rc4 {
             !key.is_empty() && key.len() <= 256,
             "RC4 key of 1..=256 bytes"
         );
-        let mut s = [0u32; 256];
+        let mut s = [0u8; 256];
         for (i, v) in s.iter_mut().enumerate() {
-            *v = i as u32;
+            *v = i as u8;
         }
         let mut j: u8 = 0;
         for i in 0..256 {
-            j = j.wrapping_add(s[i] as u8).wrapping_add(key[i % key.len()]);
+            j = j.wrapping_add(s[i]).wrapping_add(key[i % key.len()]);
             s.swap(i, j as usize);
         }
         Rc4 { s, i: 0, j: 0 }
@@ -37,14 +37,11 @@ impl Rc4 {
         Self::new(&super::crypt::rc4_key(secret))
     }
 
-    /// The next 8 keystream bytes as a little-endian word.
+    /// Produces `words` keystream words of 8 bytes (little-endian), handing
+    /// each to `put`, so the XOR is one word per 8 bytes.
     ///
-    /// The indices are kept in locals and masked with `& 0xff`, so the
-    /// compiler keeps them in registers and drops every bounds check; the
-    /// keystream is gathered into a u64 so the XOR is one word per 8 bytes.
-    /// Produces `words` keystream words of 8 bytes, handing each to `put`.
-    ///
-    /// The next step's `S[i]` is loaded before this step's two stores, so the
+    /// The indices live in locals masked with `& 0xff`, which keeps them in
+    /// registers and drops every bounds check. The next step's `S[i]` is loaded before this step's two stores, so the
     /// loads overlap instead of waiting on the stores; when `j` lands on that
     /// very slot the store changes it, and the value is read again. This
     /// reordering is worth about 10% (see `benches/crypto.rs`).
@@ -63,7 +60,7 @@ impl Rc4 {
                 let ahead = s[next];
                 s[j] = si;
                 s[i] = sj;
-                ks |= (s[((si + sj) & 0xff) as usize] as u64) << (8 * k);
+                ks |= (s[si.wrapping_add(sj) as usize] as u64) << (8 * k);
                 si = if j == next { s[j] } else { ahead };
             }
             put(ks);
@@ -72,14 +69,14 @@ impl Rc4 {
     }
 
     #[inline(always)]
-    fn step(s: &mut [u32; 256], i: &mut usize, j: &mut usize) -> u8 {
+    fn step(s: &mut [u8; 256], i: &mut usize, j: &mut usize) -> u8 {
         *i = (*i + 1) & 0xff;
         let si = s[*i];
         *j = (*j + si as usize) & 0xff;
         let sj = s[*j];
         s[*i] = sj;
         s[*j] = si;
-        s[((si + sj) & 0xff) as usize] as u8
+        s[si.wrapping_add(sj) as usize]
     }
 
     /// XORs the keystream into `buf` in place (encrypts or decrypts).
