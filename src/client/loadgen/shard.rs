@@ -154,7 +154,10 @@ impl Shard {
         ctl: Arc<Control>,
     ) -> Result<Shard, LoadgenError> {
         let ring = sys::build_ring(4096)?;
-        let table = sys::direct_table_size(count + super::SLOT_HEADROOM);
+        // Room for every connection twice over where the limit allows: a
+        // dropped socket's slot is freed only when its close runs, which may
+        // be after the replacement socket has taken one.
+        let table = sys::direct_table_size(count * 2 + super::SLOT_HEADROOM);
         ring.submitter()
             .register_files_sparse(table)
             .map_err(|err| sys::SetupError::Missing {
@@ -349,6 +352,22 @@ impl Shard {
             if res >= 0 {
                 self.close_slot(res as u32, false, None);
             }
+            return;
+        }
+        if res == -libc::ENFILE {
+            // The ring's direct table is full for a moment (closes of dropped
+            // sockets still queued): try again shortly, without counting a failure.
+            self.report
+                .error("socket: direct descriptor table full, retried");
+            let c = &mut self.conns[i];
+            c.phase = Phase::Idle;
+            let epoch = c.epoch;
+            self.timers.push(Reverse((
+                Instant::now() + TICK * 5,
+                i as u32,
+                epoch,
+                RECONNECT,
+            )));
             return;
         }
         if res < 0 {
