@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::client::loadgen::{LoadgenConfig, Protocol, expand_range};
 use crate::config::{
     Announce, ConfigError, ServeConfig, UpstreamHost, UpstreamNet, check_host_port, in_file,
     is_valid_host_name, parse_duration,
@@ -181,6 +182,37 @@ pub struct LoadgenArgs {
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+}
+
+impl LoadgenArgs {
+    /// The load generator's settings for these options.
+    pub fn to_config(&self) -> LoadgenConfig {
+        LoadgenConfig {
+            connect: self.connect,
+            connections: self.connections,
+            ramp: self.ramp,
+            duration: Duration::from_secs(self.duration),
+            rate: self.rate,
+            size_min: self.size.min,
+            size_max: self.size.max,
+            protocol: match self.protocol {
+                LoadProtocol::Scp => Protocol::Scp,
+                LoadProtocol::Plain => Protocol::Plain,
+            },
+            target: self.target.clone(),
+            resume_every: self.resume_every,
+            abort_probability: self.abort_probability,
+            storm: self.storm,
+            source_ips: self
+                .source_ips
+                .map(|r| expand_range(r.first, r.last))
+                .unwrap_or_default(),
+            shards: self.shards,
+            json: self.json.clone(),
+            progress: true,
+            ..LoadgenConfig::default()
+        }
+    }
 }
 
 /// What load-generator clients speak.

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ringgate::cli::{Cli, Command, init_logging};
+use ringgate::client::loadgen;
 use ringgate::engine::{self, Gate};
 use ringgate::gate::Backend;
 
@@ -36,8 +37,34 @@ fn main() -> ExitCode {
             };
             run("echo", cfg)
         }
-        Command::Loadgen(_) => {
-            eprintln!("ringgate loadgen: not available in this build");
+        Command::Loadgen(args) => loadgen(args.to_config()),
+    }
+}
+
+/// Runs a load test and prints its report.
+fn loadgen(cfg: loadgen::LoadgenConfig) -> ExitCode {
+    match loadgen::plan_shards(cfg.connections, cfg.shards) {
+        Ok(plan) if plan.auto => println!(
+            "ringgate loadgen: {} connections on {} shards (chosen automatically: at most {} \
+             per ring, from RLIMIT_NOFILE; --shards overrides)",
+            cfg.connections, plan.shards, plan.per_ring_cap
+        ),
+        Ok(plan) => println!(
+            "ringgate loadgen: {} connections on {} shards",
+            cfg.connections, plan.shards
+        ),
+        Err(e) => {
+            eprintln!("ringgate loadgen: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    match loadgen::run(cfg) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringgate loadgen: {e}");
             ExitCode::FAILURE
         }
     }

@@ -1,7 +1,8 @@
 //! The client side of SCP over real sockets: a blocking client for tests,
-//! examples and tools. It drives the same sans-IO [`crate::proto`] code as
-//! the gate.
+//! examples and tools, and the io_uring load generator. Both drive the same
+//! sans-IO [`crate::proto`] code as the gate.
 
 pub mod blocking;
+pub mod loadgen;
 
 pub use blocking::{ClientOptions, ResumeError, ScpClient};

@@ -7,7 +7,7 @@
 //! the kernel delivered to another shard is handed to the owner with
 //! `IORING_OP_MSG_RING` together with the bytes already read.
 
-mod bufring;
+pub(crate) mod bufring;
 pub mod outbound;
 mod shard;
 pub mod sys;

@@ -1,0 +1,437 @@
+//! `ringgate loadgen`: a load generator that holds very many SCP (or plain)
+//! sessions, resumes them, checks every echoed byte and measures latency.
+//!
+//! It is the client side of [`crate::proto`] on the same kind of engine as
+//! the gate: shards (threads), each one io_uring with its sockets as direct
+//! descriptors and multishot receives into a provided-buffer ring. A ring's
+//! direct table is capped at `RLIMIT_NOFILE` per ring, not per process, so
+//! one process holds far more connections than its fd limit as long as each
+//! shard stays under the cap; [`plan_shards`] picks the count.
+//!
+//! A run goes through phases: ramp-up (open every connection), the measured
+//! run, an optional reconnect storm, a drain (no new messages; wait for every
+//! echo), then the report. It speaks standard SCP only, so it loads any SCP
+//! gate, goscon included.
+
+mod conn;
+mod report;
+mod shard;
+
+pub use report::{Latency, Report};
+
+use crate::engine::sys;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// What the simulated clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// SCP, as game clients do; messages are u16-BE length frames inside the stream.
+    Scp,
+    /// The same frames over plain TCP (for baselines against plain relays).
+    Plain,
+}
+
+/// Settings of a load run; mirrors the options of `ringgate loadgen`.
+#[derive(Debug, Clone)]
+pub struct LoadgenConfig {
+    /// Address of the gate or server.
+    pub connect: SocketAddr,
+    /// Connections to hold.
+    pub connections: usize,
+    /// New connections per second while ramping up (`None`: all at once,
+    /// with at most [`MAX_PENDING_PER_SHARD`] connecting per shard).
+    pub ramp: Option<u32>,
+    /// Length of the measured run, after the ramp.
+    pub duration: Duration,
+    /// Messages per second per connection; 0 sends the next as soon as the echo returns.
+    pub rate: f64,
+    /// Smallest payload, bytes.
+    pub size_min: usize,
+    /// Largest payload, bytes (at most 65535).
+    pub size_max: usize,
+    /// SCP or plain.
+    pub protocol: Protocol,
+    /// `targetServer` for the SCP handshake.
+    pub target: Option<String>,
+    /// Drop (TCP RST) and resume every connection after this many messages.
+    pub resume_every: Option<u64>,
+    /// Chance per message of dropping the connection and resuming.
+    pub abort_probability: f64,
+    /// After the measured run, drop every connection at once and resume them all.
+    pub storm: bool,
+    /// Source addresses to spread connections over.
+    pub source_ips: Vec<IpAddr>,
+    /// Client shards; `None` chooses from the connection count.
+    pub shards: Option<usize>,
+    /// Where to write the JSON report.
+    pub json: Option<PathBuf>,
+    /// Show a progress line (only drawn when stdout is a terminal).
+    pub progress: bool,
+    /// Seed of the payloads.
+    pub seed: u64,
+    /// Wait this long after a drop before reconnecting (a client noticing a
+    /// network loss is rarely instant).
+    pub resume_delay: Duration,
+    /// Longest wait for outstanding echoes at the end.
+    pub drain_timeout: Duration,
+}
+
+impl Default for LoadgenConfig {
+    fn default() -> Self {
+        LoadgenConfig {
+            connect: SocketAddr::from(([127, 0, 0, 1], 1248)),
+            connections: 100,
+            ramp: None,
+            duration: Duration::from_secs(10),
+            rate: 0.0,
+            size_min: 64,
+            size_max: 64,
+            protocol: Protocol::Scp,
+            target: None,
+            resume_every: None,
+            abort_probability: 0.0,
+            storm: false,
+            source_ips: Vec::new(),
+            shards: None,
+            json: None,
+            progress: false,
+            seed: 0x005e_ed0f_1a4d,
+            resume_delay: Duration::ZERO,
+            drain_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Why a run could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadgenError {
+    /// The settings do not make sense.
+    #[error("{0}")]
+    Config(String),
+    /// A shard could not set up its ring.
+    #[error(transparent)]
+    Setup(#[from] sys::SetupError),
+    /// Writing the JSON report failed.
+    #[error("cannot write {path}: {err}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        err: std::io::Error,
+    },
+    /// A shard thread panicked or could not start.
+    #[error("{0}")]
+    Thread(String),
+}
+
+/// Connections one shard may open while ramping up before waiting for some
+/// to finish their handshake (bounds SYN bursts and memory).
+pub const MAX_PENDING_PER_SHARD: usize = 1000;
+
+/// Direct descriptors a shard keeps free for sockets being replaced during
+/// resumes (old one closing, new one opening).
+const SLOT_HEADROOM: usize = 1000;
+
+/// How many connections go on each shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardPlan {
+    /// Shard count.
+    pub shards: usize,
+    /// Whether it was chosen automatically.
+    pub auto: bool,
+    /// Most connections one ring may hold here.
+    pub per_ring_cap: usize,
+}
+
+/// Chooses the shard count: the requested one, or enough shards that each
+/// ring's direct table (capped at `RLIMIT_NOFILE`) holds its connections,
+/// and at least one per core.
+pub fn plan_shards(connections: usize, requested: Option<usize>) -> Result<ShardPlan, String> {
+    let table = sys::direct_table_size(usize::MAX >> 1) as usize;
+    let cap = table.saturating_sub(SLOT_HEADROOM).max(16);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match requested {
+        Some(0) => Err("--shards must be at least 1".into()),
+        Some(s) if connections.div_ceil(s) > cap => Err(format!(
+            "{connections} connections on {s} shards is {} per ring, over the {cap} a ring's \
+             direct-descriptor table holds here (RLIMIT_NOFILE {table} less headroom); use at \
+             least {} shards",
+            connections.div_ceil(s),
+            connections.div_ceil(cap)
+        )),
+        Some(s) => Ok(ShardPlan {
+            shards: s,
+            auto: false,
+            per_ring_cap: cap,
+        }),
+        None => Ok(ShardPlan {
+            shards: connections.div_ceil(cap).max(cores.min(connections)).max(1),
+            auto: true,
+            per_ring_cap: cap,
+        }),
+    }
+}
+
+/// Phases of a run, published by the driver and read by every shard.
+pub(crate) mod phase {
+    pub const RAMP: u8 = 0;
+    pub const MEASURE: u8 = 1;
+    pub const STORM: u8 = 2;
+    pub const DRAIN: u8 = 3;
+    pub const STOP: u8 = 4;
+}
+
+/// Progress of one shard, for the driver and the progress line.
+#[derive(Default)]
+pub(crate) struct ShardProgress {
+    pub established: AtomicU64,
+    pub gave_up: AtomicU64,
+    /// µs from the start until this shard's last first handshake (0: not yet).
+    pub ramp_done_us: AtomicU64,
+    pub messages: AtomicU64,
+    pub storm_left: AtomicU64,
+    pub storm_seen: AtomicBool,
+    pub drained: AtomicBool,
+}
+
+/// What the driver and the shards share.
+pub(crate) struct Control {
+    pub phase: AtomicU8,
+    pub start: Instant,
+    pub shards: Vec<ShardProgress>,
+}
+
+impl Control {
+    fn sum(&self, f: impl Fn(&ShardProgress) -> u64) -> u64 {
+        self.shards.iter().map(f).sum()
+    }
+}
+
+fn check(cfg: &LoadgenConfig) -> Result<(), LoadgenError> {
+    let bad = |s: &str| Err(LoadgenError::Config(s.into()));
+    if cfg.connections == 0 {
+        return bad("--connections must be at least 1");
+    }
+    if cfg.size_min == 0 || cfg.size_min > cfg.size_max || cfg.size_max > u16::MAX as usize {
+        return bad("--size must be within 1-65535 (messages are u16-length frames)");
+    }
+    if !(cfg.rate >= 0.0 && cfg.rate.is_finite()) {
+        return bad("--rate must be a finite number ≥ 0");
+    }
+    if !(0.0..=1.0).contains(&cfg.abort_probability) {
+        return bad("--abort-probability must be within 0-1");
+    }
+    if cfg.ramp == Some(0) {
+        return bad("--ramp must be at least 1 connection per second");
+    }
+    let drops = cfg.resume_every.is_some() || cfg.abort_probability > 0.0 || cfg.storm;
+    if drops && cfg.protocol == Protocol::Plain {
+        return bad("--resume-every, --abort-probability and --storm need --protocol scp");
+    }
+    if cfg.resume_every == Some(0) {
+        return bad("--resume-every must be at least 1");
+    }
+    if cfg
+        .source_ips
+        .iter()
+        .any(|ip| ip.is_ipv4() != cfg.connect.is_ipv4())
+    {
+        return bad("--source-ips must be of the same family as --connect");
+    }
+    if let Some(t) = &cfg.target {
+        if !crate::proto::message::is_valid_target(t.as_bytes()) {
+            return bad("--target may hold only letters, digits and `_`");
+        }
+    }
+    Ok(())
+}
+
+/// Runs a load test and returns its report (also written to `cfg.json`).
+pub fn run(cfg: LoadgenConfig) -> Result<Report, LoadgenError> {
+    check(&cfg)?;
+    let plan = plan_shards(cfg.connections, cfg.shards).map_err(LoadgenError::Config)?;
+    let shards = plan.shards.min(cfg.connections);
+    let ctl = Arc::new(Control {
+        phase: AtomicU8::new(phase::RAMP),
+        start: Instant::now(),
+        shards: (0..shards).map(|_| ShardProgress::default()).collect(),
+    });
+    let cfg = Arc::new(cfg);
+
+    let mut threads = Vec::with_capacity(shards);
+    for index in 0..shards {
+        let count = cfg.connections / shards + usize::from(index < cfg.connections % shards);
+        let (cfg, ctl) = (cfg.clone(), ctl.clone());
+        let t = std::thread::Builder::new()
+            .name(format!("loadgen-{index}"))
+            .spawn(move || shard::run(index, shards, count, cfg, ctl))
+            .map_err(|e| LoadgenError::Thread(format!("cannot start a shard: {e}")))?;
+        threads.push(t);
+    }
+    let finished =
+        |threads: &Vec<std::thread::JoinHandle<_>>| threads.iter().any(|t| t.is_finished());
+
+    let bar = if cfg.progress && std::io::stdout().is_terminal() {
+        let b = ProgressBar::new_spinner();
+        b.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let n = cfg.connections as u64;
+    let mut last_msgs = (Instant::now(), 0u64);
+    let mut tick = |what: &str| {
+        let msgs = ctl.sum(|s| s.messages.load(Ordering::Relaxed));
+        let now = Instant::now();
+        let rate = (msgs - last_msgs.1) as f64 / now.duration_since(last_msgs.0).as_secs_f64();
+        last_msgs = (now, msgs);
+        bar.set_message(format!(
+            "{what}: {}/{n} connected, {msgs} echoes, {rate:.0}/s",
+            ctl.sum(|s| s.established.load(Ordering::Relaxed))
+        ));
+        bar.tick();
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    // Ramp: until every connection is up or given up on, bounded in time.
+    let ramp_limit = Duration::from_secs(60)
+        + match cfg.ramp {
+            Some(r) => Duration::from_secs_f64(n as f64 / r as f64 * 1.5),
+            None => Duration::from_millis(n),
+        };
+    while ctl.sum(|s| s.established.load(Ordering::Relaxed) + s.gave_up.load(Ordering::Relaxed)) < n
+        && ctl.start.elapsed() < ramp_limit
+        && !finished(&threads)
+    {
+        tick("ramp");
+    }
+    // The shards timed their own ramps; the driver's polling would round them up.
+    let ramp_seconds = match ctl
+        .shards
+        .iter()
+        .map(|s| s.ramp_done_us.load(Ordering::Acquire))
+        .max()
+    {
+        Some(us)
+            if us > 0
+                && ctl
+                    .shards
+                    .iter()
+                    .all(|s| s.ramp_done_us.load(Ordering::Acquire) > 0) =>
+        {
+            us as f64 / 1e6
+        }
+        _ => ctl.start.elapsed().as_secs_f64(),
+    };
+    let connected = ctl.sum(|s| s.established.load(Ordering::Relaxed));
+
+    ctl.phase.store(phase::MEASURE, Ordering::Release);
+    let measure_start = Instant::now();
+    while measure_start.elapsed() < cfg.duration && !finished(&threads) {
+        tick("measure");
+    }
+    let measured_seconds = measure_start.elapsed().as_secs_f64();
+
+    let mut storm_start = None;
+    if cfg.storm {
+        ctl.phase.store(phase::STORM, Ordering::Release);
+        let start = Instant::now();
+        storm_start = Some(start);
+        let limit = Duration::from_secs(60) + Duration::from_millis(n);
+        loop {
+            let seen = ctl
+                .shards
+                .iter()
+                .all(|s| s.storm_seen.load(Ordering::Acquire));
+            let left = ctl.sum(|s| s.storm_left.load(Ordering::Acquire));
+            if (seen && left == 0) || start.elapsed() > limit || finished(&threads) {
+                break;
+            }
+            tick(&format!("storm: {left} to resume"));
+        }
+    }
+
+    ctl.phase.store(phase::DRAIN, Ordering::Release);
+    let drain_start = Instant::now();
+    while !ctl.shards.iter().all(|s| s.drained.load(Ordering::Acquire))
+        && drain_start.elapsed() < cfg.drain_timeout
+        && !finished(&threads)
+    {
+        tick("drain");
+    }
+    ctl.phase.store(phase::STOP, Ordering::Release);
+    bar.finish_and_clear();
+
+    let mut parts = Vec::with_capacity(shards);
+    let mut failure = None;
+    for t in threads {
+        match t.join() {
+            Ok(Ok(r)) => parts.push(r),
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(_) => failure = failure.or(Some(LoadgenError::Thread("a shard panicked".into()))),
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let m = report::Merged::new(parts);
+    let latency = m.latency();
+    let s = m.shard;
+    let storm_seconds = storm_start.map(|start| {
+        s.storm_done.map_or(f64::NAN, |done| {
+            done.saturating_duration_since(start).as_secs_f64()
+        })
+    });
+    let report = Report {
+        target_connections: cfg.connections,
+        connections: connected,
+        shards,
+        shards_auto: plan.auto,
+        ramp_seconds,
+        handshakes_per_sec: connected as f64 / ramp_seconds.max(1e-9),
+        measured_seconds,
+        resumes_ok: s.resumes_ok,
+        resumes_failed: s.resumes_failed,
+        messages: s.messages,
+        msgs_per_sec: s.messages as f64 / measured_seconds.max(1e-9),
+        mb_per_sec: s.bytes as f64 / 1e6 / measured_seconds.max(1e-9),
+        messages_total: s.messages_total,
+        latency_us: latency,
+        bytes_lost: s.bytes_lost,
+        bytes_duplicated: s.bytes_duplicated,
+        storm_resumes_per_sec: storm_seconds.map(|secs| s.storm_resumes as f64 / secs.max(1e-9)),
+        storm_seconds,
+        errors: s.errors,
+    };
+    if let Some(path) = &cfg.json {
+        std::fs::write(path, report.to_json() + "\n").map_err(|err| LoadgenError::Json {
+            path: path.clone(),
+            err,
+        })?;
+    }
+    Ok(report)
+}
+
+/// Expands an inclusive address range (at most 65536 addresses).
+pub fn expand_range(first: IpAddr, last: IpAddr) -> Vec<IpAddr> {
+    match (first, last) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a)..=u32::from(b))
+            .take(65536)
+            .map(|x| IpAddr::V4(x.into()))
+            .collect(),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a)..=u128::from(b))
+            .take(65536)
+            .map(|x| IpAddr::V6(x.into()))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
