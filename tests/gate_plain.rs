@@ -109,3 +109,38 @@ fn idle_timeout_closes_a_silent_connection() {
     c.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"back");
 }
+
+#[test]
+fn a_full_descriptor_table_makes_clients_wait_instead_of_dropping_them() {
+    let mut cfg = plain(Backend::Echo);
+    cfg.shards = 1;
+    cfg.direct_table = 64; // one at a time from the start; paused with 32 slots left
+    let gate = start(cfg);
+    let addr = gate.local_addr();
+    // More connections than the table may take: the kernel completes them
+    // into the listen backlog; the gate takes them as others close.
+    let mut conns: Vec<TcpStream> = (0..100).map(|_| raw(addr)).collect();
+    for (n, s) in conns.iter_mut().enumerate() {
+        s.write_all(&payload(n, 100)).unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || gate.stats().accept_pauses > 0),
+        "{:?}",
+        gate.stats()
+    );
+    // Serve them in order, closing each once answered: every one gets its echo.
+    for (n, mut s) in conns.drain(..).enumerate() {
+        let mut back = vec![0u8; 100];
+        s.read_exact(&mut back)
+            .unwrap_or_else(|e| panic!("connection {n}: {e}"));
+        assert_eq!(back, payload(n, 100));
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || gate.stats().sessions_closed
+            == 100),
+        "{:?}",
+        gate.stats()
+    );
+    let mut s = raw(addr);
+    roundtrip(&mut s, b"still serving");
+}

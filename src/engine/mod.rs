@@ -58,6 +58,9 @@ pub struct Config {
     pub recv_buffers: u16,
     /// Size of each receive buffer.
     pub recv_buffer_size: usize,
+    /// Direct descriptors per shard (client and upstream sockets); 0 derives
+    /// it from `max_sessions`. The kernel caps it at the fd limit per ring.
+    pub direct_table: usize,
     /// Pin each shard to a core.
     pub pin_threads: bool,
     /// What sessions are connected to.
@@ -80,6 +83,7 @@ impl Default for Config {
             relay_buffer: 65536,
             recv_buffers: 1024,
             recv_buffer_size: 16384,
+            direct_table: 0,
             pin_threads: true,
             backend: Backend::Echo,
         }
@@ -100,6 +104,7 @@ pub struct ShardStats {
     upstream_failed: AtomicU64,
     paused: AtomicU64,
     worker_full: AtomicU64,
+    accept_pauses: AtomicU64,
 }
 
 /// A snapshot of the gate's counters, summed over shards.
@@ -122,6 +127,8 @@ pub struct Stats {
     /// Sessions closed because no upstream could be reached.
     pub upstream_failed: u64,
     /// Times reading from a peer paused because the other side was full.
+    /// Times a shard stopped accepting because its descriptor table was nearly full.
+    pub accept_pauses: u64,
     pub backpressure_pauses: u64,
     /// Embedded mode: times a session's events found its worker's queue
     /// full (the session then waits, not reading, until the worker catches up).
@@ -233,6 +240,7 @@ impl Shared {
             s.handoffs += get(&st.handoffs_in);
             s.upstream_failed += get(&st.upstream_failed);
             s.backpressure_pauses += get(&st.paused);
+            s.accept_pauses += get(&st.accept_pauses);
             s.worker_queue_full += get(&st.worker_full);
         }
         s
@@ -284,7 +292,7 @@ impl Gate {
         // The first listener fixes the port (the address may ask for port 0).
         let opts = sys::ListenOptions {
             keepalive: cfg.keepalive,
-            backlog: 4096,
+            backlog: shard::LISTEN_BACKLOG,
         };
         let first = sys::listener(cfg.listen, opts)?;
         let local = first

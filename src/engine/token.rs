@@ -36,6 +36,8 @@ pub enum Op {
     HandoffIn,
     /// Our hand-over of a connection to another shard completed.
     HandoffOut,
+    /// A direct descriptor closed that no connection entry tracked.
+    SlotClosed,
     /// Completions whose result needs no handling (cancels, timeouts of links).
     Ignore,
 }
@@ -43,9 +45,9 @@ pub enum Op {
 impl Op {
     fn from_u8(v: u8) -> Option<Op> {
         use Op::*;
-        const ALL: [Op; 16] = [
+        const ALL: [Op; 17] = [
             Accept, PeerName, Recv, Send, HsSend, Close, UpSocket, UpConnect, UpRecv, UpSend,
-            UpClose, Tick, Wake, HandoffIn, HandoffOut, Ignore,
+            UpClose, Tick, Wake, HandoffIn, HandoffOut, SlotClosed, Ignore,
         ];
         ALL.iter().copied().find(|op| *op as u8 == v)
     }

@@ -150,7 +150,7 @@ impl Shard {
     pub(super) fn close_slot(&mut self, slot: u32) {
         let close = opcode::Close::new(types::Fixed(slot))
             .build()
-            .user_data(token::encode(Op::Ignore, 0, 0));
+            .user_data(token::encode(Op::SlotClosed, 0, 0));
         self.push(close);
     }
 

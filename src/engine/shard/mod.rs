@@ -41,6 +41,9 @@ use tracing::{debug, info, warn};
 /// Bytes a connection may deliver during its handshake before it is dropped
 /// (one record of at most 2 + 512 bytes, plus what a client pipelines).
 const MAX_HANDSHAKE_BYTES: usize = 4096;
+/// Listen backlog: also the largest burst one multishot accept can deliver
+/// before the shard looks at its table again.
+pub(crate) const LISTEN_BACKLOG: i32 = 4096;
 /// Interval of the shard's housekeeping tick (timers, shutdown).
 const TICK: Duration = Duration::from_millis(50);
 /// Shutdown waits at most this long for in-flight operations to finish.
@@ -234,6 +237,17 @@ pub struct Shard {
     connect_ts: Box<types::Timespec>,
     wake_buf: Box<u64>,
     accept_armed: bool,
+    /// Size of the ring's direct-descriptor table, and slots in use in it.
+    /// Accepting pauses while fewer than `reserve` slots are free, so that
+    /// resumes handed over from other shards and upstream sockets still find
+    /// one, and clients wait in the listen backlog instead of being accepted
+    /// only to be dropped by the kernel.
+    table: usize,
+    slots: usize,
+    reserve: usize,
+    accept_multishot: bool,
+    accept_switching: bool,
+    accept_paused: bool,
     stopping: Option<Instant>,
     handoff_seq: u32,
     handoffs: HashMap<(usize, u32), Handoff>,
@@ -301,7 +315,11 @@ impl Shard {
         listener: i32,
         local: SocketAddr,
     ) -> Result<Shard, sys::SetupError> {
-        let table = sys::direct_table_size(cfg.max_sessions / cfg.shards.max(1) * 2 + 1024);
+        let wanted = match cfg.direct_table {
+            0 => cfg.max_sessions / cfg.shards.max(1) * 2 + 1024,
+            n => n,
+        };
+        let table = sys::direct_table_size(wanted);
         ring.submitter()
             .register_files_sparse(table)
             .map_err(|err| sys::SetupError::Missing {
@@ -351,6 +369,12 @@ impl Shard {
             rng: StdRng::from_os_rng(),
             wake_buf: Box::new(0),
             accept_armed: false,
+            table: table as usize,
+            slots: 0,
+            reserve: (table as usize / 16).max(32),
+            accept_multishot: false,
+            accept_switching: false,
+            accept_paused: false,
             stopping: None,
             handoff_seq: 0,
             handoffs: HashMap::new(),
@@ -492,6 +516,13 @@ impl Shard {
         let Some((op, idx, epoch)) = token::decode(ud) else {
             return;
         };
+        // Count table slots where the kernel hands them out and takes them
+        // back, whatever becomes of the entry that asked.
+        match op {
+            Op::Accept | Op::HandoffIn | Op::UpSocket if res >= 0 => self.slots += 1,
+            Op::Close | Op::UpClose | Op::SlotClosed => self.slots = self.slots.saturating_sub(1),
+            _ => {}
+        }
         match op {
             Op::Accept => self.on_accept(res, flags),
             Op::PeerName => self.on_peername(idx, epoch, res),
@@ -508,7 +539,7 @@ impl Shard {
             Op::Wake => self.on_wake(),
             Op::HandoffIn => self.on_handoff_in(idx, epoch, res),
             Op::HandoffOut => self.on_handoff_out(idx, epoch, res),
-            Op::Ignore => {}
+            Op::SlotClosed | Op::Ignore => {}
         }
     }
 
@@ -526,8 +557,19 @@ impl Shard {
         for (si, epoch) in std::mem::take(&mut self.rearm_ups) {
             self.arm_up_recv_if(si, epoch);
         }
-        if self.stopping.is_none() && !self.accept_armed && self.listener >= 0 {
-            self.arm_accept();
+        if self.stopping.is_none() && self.listener >= 0 {
+            let free = self.table.saturating_sub(self.slots);
+            if !self.accept_armed {
+                self.arm_accept();
+            } else if self.accept_multishot
+                && !self.accept_switching
+                && free <= self.reserve + LISTEN_BACKLOG as usize
+            {
+                // Too close for a burst: end the multishot accept; the next
+                // arm takes connections one at a time.
+                self.accept_switching = true;
+                self.cancel(token::encode(Op::Accept, 0, 0));
+            }
         }
     }
 }
