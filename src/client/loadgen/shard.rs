@@ -22,7 +22,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -111,6 +111,8 @@ struct Shard {
     phase: u8,
     measuring: bool,
     storm_left: u64,
+    /// Connections dropped by the storm, waiting for their turn to resume.
+    storm_queue: VecDeque<usize>,
     gave_up: u64,
     ticks: u64,
     scratch: Vec<u8>,
@@ -209,6 +211,7 @@ impl Shard {
             phase: phase::RAMP,
             measuring: false,
             storm_left: 0,
+            storm_queue: VecDeque::new(),
             gave_up: 0,
             ticks: 0,
             scratch: Vec::with_capacity(frame),
@@ -996,8 +999,18 @@ impl Shard {
     }
 
     /// Opens connections for the first time, at the ramp's pace and with a
-    /// bounded number connecting at once.
+    /// bounded number connecting at once; likewise brings back the storm's.
     fn ramp(&mut self, now: Instant) {
+        while let Some(&i) = self.storm_queue.front() {
+            let in_flight = self.storm_left as usize - self.storm_queue.len();
+            if in_flight >= MAX_PENDING_PER_SHARD {
+                break;
+            }
+            self.storm_queue.pop_front();
+            if self.conns[i].phase == Phase::Idle {
+                self.start_attempt(i);
+            }
+        }
         let allowed = match self.cfg.ramp {
             None => self.conns.len(),
             Some(r) => {
@@ -1026,8 +1039,12 @@ impl Shard {
                     self.conns[i].storm = true;
                     self.storm_left += 1;
                     if self.conns[i].phase == Phase::Open {
+                        // Every connection drops now; they come back through
+                        // the same bounded number of pending connects as the
+                        // ramp, so the figure is the gate's resume rate and
+                        // not this host's SYN-queue overflow (1 s retransmits).
                         self.drop_socket(i, true);
-                        self.reconnect_after(i, self.cfg.resume_delay);
+                        self.storm_queue.push_back(i);
                     }
                 }
                 if self.storm_left == 0 {
