@@ -6,13 +6,18 @@
 #
 #   perf/trend.sh [N...]        (default: 50000 100000 200000)
 #
-# Environment: TREND_DURATION (measured seconds, default 60).
+# Environment: TREND_DURATION (measured seconds, default 60), TREND_RATE
+# (messages per second per session, default 1), TREND_RAMP (new sessions per
+# second, default 20000). A small machine that runs both ends needs a lower
+# rate and ramp than the million-session target of one message a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SIZES=("$@")
 [ ${#SIZES[@]} -eq 0 ] && SIZES=(50000 100000 200000)
 DURATION=${TREND_DURATION:-60}
+RATE=${TREND_RATE:-1}
+RAMP=${TREND_RAMP:-20000}
 DATE=$(date +%Y%m%d-%H%M%S)
 BIN=target/release/ringgate
 TMP=$(mktemp -d)
@@ -36,7 +41,7 @@ established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
     echo "# ringgate perf: session-count trend ($DATE)"
     echo
     echo "Host: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), RLIMIT_NOFILE $(ulimit -Hn)."
-    echo "\`ringgate serve\` with the built-in echo; \`--rate 1\`, 64-byte messages; each session is reset and resumes once"
+    echo "\`ringgate serve\` with the built-in echo; \`--rate $RATE\`, \`--ramp $RAMP\`, 64-byte messages; each session is reset and resumes about once"
     echo "(\`--resume-every\` = 60% of the messages it sends in the measured run); client source addresses 127.0.0.2-127.0.0.40."
     echo "RSS per session = (gate RSS while held − before) ÷ sessions held. Kernel socket memory is not in RSS: \`TCP mem\` below is"
     echo "the kernel's count of TCP buffer pages for the whole host (both ends of every loopback connection) while held."
@@ -48,16 +53,19 @@ established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
 PORT=17600
 for N in "${SIZES[@]}"; do
     PORT=$((PORT + 1))
-    SHARDS=$(((N + 16999) / 17000))
+    # Room under each ring's descriptor cap for the overlap of old and new
+    # connections while sessions resume.
+    SHARDS=$(((N + 7999) / 8000))
     "$BIN" serve --listen "127.0.0.1:$PORT" --shards "$SHARDS" --max-sessions $((N * 2)) \
         --reuse-time 60s >"$TMP/gate-$N.log" 2>&1 &
     GATE=$!
     PIDS+=("$GATE")
     sleep 1
     BEFORE=$(rss_kb "$GATE")
-    K=$((DURATION * 6 / 10))
-    "$BIN" loadgen --connect "127.0.0.1:$PORT" --connections "$N" --ramp 20000 \
-        --duration "$DURATION" --rate 1 --size 64 --resume-every "$K" \
+    # Every session resumes about once, 60% into its measured messages.
+    K=$(awk -v d="$DURATION" -v r="$RATE" 'BEGIN { k = int(d * r * 0.6); print (k < 1 ? 1 : k) }')
+    "$BIN" loadgen --connect "127.0.0.1:$PORT" --connections "$N" --ramp "$RAMP" \
+        --duration "$DURATION" --rate "$RATE" --size 64 --resume-every "$K" \
         --source-ips 127.0.0.2-127.0.0.40 --json "$TMP/trend-$N.json" >"$TMP/lg-$N.txt" 2>&1 &
     LG=$!
     PIDS+=("$LG")

@@ -108,6 +108,10 @@ pub struct ServeConfig {
     pub recv_buffers: u16,
     /// Size of each receive buffer. Default 16384.
     pub recv_buffer_size: usize,
+    /// Direct descriptors per shard (client plus upstream sockets). 0, the
+    /// default, derives it from `max_sessions`; the kernel caps it at the fd
+    /// limit per shard, so shards × this is what one process can hold.
+    pub direct_table: usize,
     /// What to tell an upstream about the client's address.
     pub announce: Announce,
     /// Where sessions are proxied to.
@@ -132,6 +136,7 @@ impl Default for ServeConfig {
             relay_buffer: 65_536,
             recv_buffers: 1024,
             recv_buffer_size: 16_384,
+            direct_table: 0,
             announce: Announce::None,
             upstream: UpstreamConfig::default(),
             plain: false,
@@ -817,6 +822,7 @@ impl ServeConfig {
             relay_buffer: self.relay_buffer,
             recv_buffers: self.recv_buffers,
             recv_buffer_size: self.recv_buffer_size,
+            direct_table: self.direct_table,
             backend,
             ..crate::engine::Config::default()
         })
