@@ -243,3 +243,33 @@ pub fn eventfd_signal(fd: i32) {
         libc::write(fd, &one as *const u64 as *const libc::c_void, 8);
     }
 }
+
+/// A TCP socket for `peer`'s address family, created straight into the
+/// ring's direct-descriptor table (the kernel picks the slot).
+pub fn direct_tcp_socket(peer: &SocketAddr) -> squeue::Entry {
+    let domain = if peer.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    opcode::Socket::new(domain, libc::SOCK_STREAM, 0)
+        .file_index(Some(types::DestinationSlot::auto_target()))
+        .build()
+}
+
+/// Submits what is queued, waits for `want` completions (0: none, just
+/// submit), and moves every completion into `out` as (user data, result,
+/// flags), so the caller can handle them while pushing new submissions.
+pub fn submit_and_reap(ring: &mut IoUring, want: usize, out: &mut Vec<(u64, i32, u32)>) {
+    if let Err(e) = ring.submit_and_wait(want) {
+        // EINTR: a signal; EBUSY: completions to reap first. Neither is a failure.
+        if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
+            tracing::warn!("io_uring wait failed: {e}");
+        }
+    }
+    out.clear();
+    out.extend(
+        ring.completion()
+            .map(|c| (c.user_data(), c.result(), c.flags())),
+    );
+}

@@ -257,17 +257,7 @@ impl Shard {
         let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
         let mut stop_at: Option<Instant> = None;
         loop {
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
-                    tracing::warn!(shard = self.index, "io_uring wait failed: {e}");
-                }
-            }
-            cqes.clear();
-            cqes.extend(
-                self.ring
-                    .completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
+            sys::submit_and_reap(&mut self.ring, 1, &mut cqes);
             for &(ud, res, flags) in &cqes {
                 self.dispatch(ud, res, flags);
             }
@@ -332,15 +322,7 @@ impl Shard {
             c.in_ramp = true;
             self.ramping += 1;
         }
-        let domain = if self.cfg.connect.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
-        let e = opcode::Socket::new(domain, libc::SOCK_STREAM, 0)
-            .file_index(Some(types::DestinationSlot::auto_target()))
-            .build()
-            .user_data(token(Op::Socket, i, epoch));
+        let e = sys::direct_tcp_socket(&self.cfg.connect).user_data(token(Op::Socket, i, epoch));
         self.push(e);
         self.timers.push(Reverse((
             Instant::now() + ATTEMPT_TIMEOUT,

@@ -485,18 +485,8 @@ impl Shard {
             self.worker_round();
             let link = &self.shared.shards[self.index];
             let want = usize::from(link.prepare_sleep());
-            if let Err(e) = self.ring.submit_and_wait(want) {
-                if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
-                    warn!(shard = self.index, "io_uring wait failed: {e}");
-                }
-            }
+            sys::submit_and_reap(&mut self.ring, want, &mut cqes);
             self.shared.shards[self.index].woke();
-            cqes.clear();
-            cqes.extend(
-                self.ring
-                    .completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
             for &(ud, res, flags) in &cqes {
                 self.dispatch(ud, res, flags);
             }

@@ -92,15 +92,7 @@ impl Shard {
         *up.addr = raw;
         up.addr_len = len;
         up.ops += 1;
-        let domain = if addr.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
-        let e = opcode::Socket::new(domain, libc::SOCK_STREAM, 0)
-            .file_index(Some(types::DestinationSlot::auto_target()))
-            .build()
-            .user_data(token::encode(Op::UpSocket, si, up.epoch));
+        let e = sys::direct_tcp_socket(&addr).user_data(token::encode(Op::UpSocket, si, up.epoch));
         self.push(e);
     }
 
