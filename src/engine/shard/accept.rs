@@ -3,46 +3,59 @@
 use super::*;
 
 impl Shard {
-    /// Arms accepting as the table's free slots allow: multishot while a
-    /// whole backlog's burst still fits above the reserve, one connection at
-    /// a time closer to it, nothing at it (clients wait in the backlog).
+    /// Arms accepting as the table's free slots allow: one multishot
+    /// accept while a whole backlog's burst still fits above the reserve;
+    /// closer to it, single-shot accepts, as many outstanding as there are
+    /// free slots above the reserve (at most [`SINGLE_ACCEPTS`]); at the
+    /// reserve, none (clients wait in the backlog).
     pub(super) fn arm_accept(&mut self) {
         let free = self.table.saturating_sub(self.slots);
         let ud = token::encode(Op::Accept, 0, 0);
-        let e = if free > self.reserve + LISTEN_BACKLOG as usize {
-            self.accept_multishot = true;
-            opcode::AcceptMulti::new(types::Fd(self.listener))
-                .allocate_file_index(true)
-                .build()
-        } else if free > self.reserve {
-            self.accept_multishot = false;
-            opcode::Accept::new(
+        if free > self.reserve + LISTEN_BACKLOG as usize {
+            if self.accepts_pending == 0 {
+                self.accept_multishot = true;
+                let e = opcode::AcceptMulti::new(types::Fd(self.listener))
+                    .allocate_file_index(true)
+                    .build();
+                self.push(e.user_data(ud));
+                self.accepts_pending = 1;
+            }
+            self.accept_paused = false;
+            return;
+        }
+        if self.accept_multishot {
+            return; // being switched off; single-shot accepts start after it ends
+        }
+        let room = free.saturating_sub(self.reserve).min(SINGLE_ACCEPTS);
+        if room == 0 && self.accepts_pending == 0 && !self.accept_paused {
+            self.accept_paused = true;
+            self.shared.shards[self.index]
+                .stats
+                .accept_pauses
+                .fetch_add(1, Ordering::Relaxed);
+            self.warn_limit("direct descriptor table nearly full: accepting paused until connections close; add shards or raise the fd limit");
+        }
+        while self.accepts_pending < room {
+            let e = opcode::Accept::new(
                 types::Fd(self.listener),
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
             )
             .file_index(Some(types::DestinationSlot::auto_target()))
-            .build()
-        } else {
-            if !self.accept_paused {
-                self.accept_paused = true;
-                self.shared.shards[self.index]
-                    .stats
-                    .accept_pauses
-                    .fetch_add(1, Ordering::Relaxed);
-                self.warn_limit("direct descriptor table nearly full: accepting paused until connections close; add shards or raise the fd limit");
-            }
-            return;
-        };
-        self.accept_paused = false;
-        self.push(e.user_data(ud));
-        self.accept_armed = true;
+            .build();
+            self.push(e.user_data(ud));
+            self.accepts_pending += 1;
+            self.accept_paused = false;
+        }
     }
 
     pub(super) fn on_accept(&mut self, res: i32, flags: u32) {
         if !is_more(flags) {
-            self.accept_armed = false;
-            self.accept_switching = false;
+            self.accepts_pending = self.accepts_pending.saturating_sub(1);
+            if self.accepts_pending == 0 {
+                self.accept_multishot = false;
+                self.accept_switching = false;
+            }
         }
         if res < 0 {
             match -res {

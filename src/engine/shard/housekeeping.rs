@@ -70,9 +70,14 @@ impl Shard {
             sessions = self.by_id.len(),
             "shutting down"
         );
-        if self.accept_armed {
-            let ud = token::encode(Op::Accept, 0, 0);
-            self.cancel(ud);
+        if self.accepts_pending > 0 {
+            let every_accept =
+                types::CancelBuilder::user_data(token::encode(Op::Accept, 0, 0)).all();
+            self.push(
+                opcode::AsyncCancel2::new(every_accept)
+                    .build()
+                    .user_data(token::encode(Op::Ignore, 0, 0)),
+            );
         }
         let sessions: Vec<usize> = self.sessions.iter().map(|(i, _)| i).collect();
         for si in sessions {

@@ -44,6 +44,8 @@ const MAX_HANDSHAKE_BYTES: usize = 4096;
 /// Listen backlog: also the largest burst one multishot accept can deliver
 /// before the shard looks at its table again.
 pub(crate) const LISTEN_BACKLOG: i32 = 4096;
+/// Most single-shot accepts in flight near a full descriptor table.
+const SINGLE_ACCEPTS: usize = 64;
 /// Interval of the shard's housekeeping tick (timers, shutdown).
 const TICK: Duration = Duration::from_millis(50);
 /// Shutdown waits at most this long for in-flight operations to finish.
@@ -236,7 +238,8 @@ pub struct Shard {
     tick_ts: Box<types::Timespec>,
     connect_ts: Box<types::Timespec>,
     wake_buf: Box<u64>,
-    accept_armed: bool,
+    /// Accept operations in flight (one multishot, or several single-shot).
+    accepts_pending: usize,
     /// Size of the ring's direct-descriptor table, and slots in use in it.
     /// Accepting pauses while fewer than `reserve` slots are free, so that
     /// resumes handed over from other shards and upstream sockets still find
@@ -368,7 +371,7 @@ impl Shard {
             meta_pool: Vec::new(),
             rng: StdRng::from_os_rng(),
             wake_buf: Box::new(0),
-            accept_armed: false,
+            accepts_pending: 0,
             table: table as usize,
             slots: 0,
             reserve: (table as usize / 16).max(32),
@@ -493,7 +496,7 @@ impl Shard {
             self.after_batch();
             if let Some(since) = self.stopping {
                 let drained =
-                    self.conns.is_empty() && self.sessions.is_empty() && !self.accept_armed;
+                    self.conns.is_empty() && self.sessions.is_empty() && self.accepts_pending == 0;
                 if drained || since.elapsed() > SHUTDOWN_GRACE {
                     break;
                 }
@@ -549,7 +552,7 @@ impl Shard {
         }
         if self.stopping.is_none() && self.listener >= 0 {
             let free = self.table.saturating_sub(self.slots);
-            if !self.accept_armed {
+            if !self.accept_multishot {
                 self.arm_accept();
             } else if self.accept_multishot
                 && !self.accept_switching
