@@ -104,7 +104,8 @@ pub struct ServeConfig {
     /// the gate stops reading from the faster side. Default 65536.
     pub relay_buffer: usize,
     /// Receive buffers each shard lends the kernel (a power of two ≤ 32768);
-    /// only connections with bytes in flight hold one. Default 1024.
+    /// only connections with bytes in flight hold one. Default 0: sized from
+    /// the shard count (about 32 MiB in all, 64 to 1024 per shard).
     pub recv_buffers: u16,
     /// Size of each receive buffer. Default 16384.
     pub recv_buffer_size: usize,
@@ -134,7 +135,7 @@ impl Default for ServeConfig {
             max_sessions: 1_000_000,
             max_pending_handshakes: 65_536,
             relay_buffer: 65_536,
-            recv_buffers: 1024,
+            recv_buffers: 0,
             recv_buffer_size: 16_384,
             direct_table: 0,
             announce: Announce::None,
@@ -422,9 +423,11 @@ impl ServeConfig {
         if self.relay_buffer < 1024 {
             return Err(invalid("relay_buffer must be at least 1024"));
         }
-        if !self.recv_buffers.is_power_of_two() || self.recv_buffers > 32768 {
+        if self.recv_buffers != 0
+            && (!self.recv_buffers.is_power_of_two() || self.recv_buffers > 32768)
+        {
             return Err(invalid(
-                "recv_buffers must be a power of two, at most 32768",
+                "recv_buffers must be 0 (automatic) or a power of two, at most 32768",
             ));
         }
         if !(512..=1 << 20).contains(&self.recv_buffer_size) {

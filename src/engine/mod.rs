@@ -54,7 +54,8 @@ pub struct Config {
     pub max_pending_handshakes: usize,
     /// Bytes buffered per direction of a relay before reading pauses.
     pub relay_buffer: usize,
-    /// Provided receive buffers per shard (a power of two).
+    /// Provided receive buffers per shard (a power of two), or 0 to size
+    /// them from the shard count (see [`Config::recv_buffers_per_shard`]).
     pub recv_buffers: u16,
     /// Size of each receive buffer.
     pub recv_buffer_size: usize,
@@ -65,6 +66,28 @@ pub struct Config {
     pub pin_threads: bool,
     /// What sessions are connected to.
     pub backend: Backend,
+}
+
+/// Receive-buffer memory all shards share when `recv_buffers` is 0.
+const AUTO_RECV_BUFFER_BYTES: usize = 32 << 20;
+
+impl Config {
+    /// Receive buffers each shard registers. With `recv_buffers` 0 the
+    /// shards share about 32 MiB (at least 64 and at most 1024 buffers each):
+    /// a buffer is held only while its completion is handled, so many shards
+    /// need fewer each, and a touched buffer stays in RSS.
+    pub fn recv_buffers_per_shard(&self) -> u16 {
+        if self.recv_buffers != 0 {
+            return self.recv_buffers;
+        }
+        let each = AUTO_RECV_BUFFER_BYTES / self.recv_buffer_size.max(1) / self.shards.max(1);
+        let pow2 = if each == 0 {
+            1
+        } else {
+            1usize << (usize::BITS - 1 - each.leading_zeros())
+        };
+        pow2.clamp(64, 1024) as u16
+    }
 }
 
 impl Default for Config {
@@ -81,7 +104,7 @@ impl Default for Config {
             max_sessions: 1_000_000,
             max_pending_handshakes: 65536,
             relay_buffer: 65536,
-            recv_buffers: 1024,
+            recv_buffers: 0,
             recv_buffer_size: 16384,
             direct_table: 0,
             pin_threads: true,
@@ -469,5 +492,28 @@ impl Stopper {
     /// Same as [`Gate::shutdown`].
     pub fn stop(&self) {
         self.shared.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    #[test]
+    fn receive_buffers_shrink_as_shards_grow() {
+        let with = |shards, recv_buffers| {
+            Config {
+                shards,
+                recv_buffers,
+                ..Config::default()
+            }
+            .recv_buffers_per_shard()
+        };
+        assert_eq!(with(1, 0), 1024);
+        assert_eq!(with(2, 0), 1024);
+        assert_eq!(with(8, 0), 256);
+        assert_eq!(with(25, 0), 64);
+        assert_eq!(with(200, 0), 64);
+        assert_eq!(with(25, 512), 512, "an explicit count wins");
     }
 }

@@ -329,12 +329,10 @@ impl Shard {
                 what: "a direct descriptor table",
                 err,
             })?;
-        let bufs =
-            BufRing::new(&ring, 0, cfg.recv_buffers, cfg.recv_buffer_size).map_err(|err| {
-                sys::SetupError::Missing {
-                    what: "provided buffer rings",
-                    err,
-                }
+        let bufs = BufRing::new(&ring, 0, cfg.recv_buffers_per_shard(), cfg.recv_buffer_size)
+            .map_err(|err| sys::SetupError::Missing {
+                what: "provided buffer rings",
+                err,
             })?;
         let id_bits = usize::BITS - (cfg.shards.max(1) - 1).leading_zeros();
         Ok(Shard {
