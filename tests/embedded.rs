@@ -86,6 +86,17 @@ impl Harness {
         }
     }
 
+    /// The reason session `id` closed, once its `Closed` event arrives.
+    fn closed_reason(&self, id: u32) -> CloseReason {
+        match self.wait_event(
+            "closed",
+            |e| matches!(e, Event::Closed { session, .. } if *session == id),
+        ) {
+            Event::Closed { reason, .. } => reason,
+            _ => unreachable!("the predicate only accepts Closed"),
+        }
+    }
+
     fn finish(self) {
         self.handle.shutdown();
         self.handle.join();
@@ -187,17 +198,7 @@ fn frame_over_the_limit_closes_only_that_session() {
     assert_eq!(read_frame_scp(&mut bad), vec![1u8; 1000]);
     bad.write_all(&(1001u16).to_be_bytes()).unwrap(); // over it
     let bad_id = bad.id();
-    let ev = h.wait_event(
-        "closed",
-        |e| matches!(e, Event::Closed { session, .. } if *session == bad_id),
-    );
-    assert_eq!(
-        ev,
-        Event::Closed {
-            session: bad_id,
-            reason: CloseReason::ProtocolError
-        }
-    );
+    assert_eq!(h.closed_reason(bad_id), CloseReason::ProtocolError);
     assert!(closed_by_gate(|b| bad.read(b)));
 
     good.write_all(&frame(b"after")).unwrap();
@@ -279,17 +280,7 @@ fn sending_past_the_window_of_a_detached_session_closes_it() {
     for n in 0..64 {
         h.handle.send(id, payload(n, 1000)).unwrap();
     }
-    let ev = h.wait_event(
-        "closed",
-        |e| matches!(e, Event::Closed { session, .. } if *session == id),
-    );
-    assert_eq!(
-        ev,
-        Event::Closed {
-            session: id,
-            reason: CloseReason::SendOverflow
-        }
-    );
+    assert_eq!(h.closed_reason(id), CloseReason::SendOverflow);
     assert!(c.resume().is_err(), "the session is gone");
     h.finish();
 }
@@ -303,17 +294,7 @@ fn kick_closes_the_session() {
     c.write_all(&frame(b"x")).unwrap();
     assert_eq!(read_frame_scp(&mut c), b"x");
     h.handle.kick(id).unwrap();
-    let ev = h.wait_event(
-        "closed",
-        |e| matches!(e, Event::Closed { session, .. } if *session == id),
-    );
-    assert_eq!(
-        ev,
-        Event::Closed {
-            session: id,
-            reason: CloseReason::Kicked
-        }
-    );
+    assert_eq!(h.closed_reason(id), CloseReason::Kicked);
     assert!(closed_by_gate(|b| c.read(b)));
     assert!(h.handle.peer_addr(id).is_none());
     other.write_all(&frame(b"still here")).unwrap();

@@ -273,3 +273,41 @@ pub fn submit_and_reap(ring: &mut IoUring, want: usize, out: &mut Vec<(u64, i32,
             .map(|c| (c.user_data(), c.result(), c.flags())),
     );
 }
+
+/// Registers a sparse direct-descriptor table of `wanted` slots (capped as
+/// [`direct_table_size`] says) and returns its size.
+pub fn register_direct_table(ring: &IoUring, wanted: usize) -> Result<u32, SetupError> {
+    let table = direct_table_size(wanted);
+    ring.submitter()
+        .register_files_sparse(table)
+        .map_err(|err| SetupError::Missing {
+            what: "a direct descriptor table",
+            err,
+        })?;
+    Ok(table)
+}
+
+/// Registers a provided-buffer ring of `entries` buffers of `size` bytes as group 0.
+pub fn register_buffers(
+    ring: &IoUring,
+    entries: u16,
+    size: usize,
+) -> Result<super::bufring::BufRing, SetupError> {
+    super::bufring::BufRing::new(ring, 0, entries, size).map_err(|err| SetupError::Missing {
+        what: "provided buffer rings",
+        err,
+    })
+}
+
+/// setsockopt(level, name, 1) on a direct descriptor, as a URING_CMD.
+pub fn enable_sockopt(fd: types::Fixed, level: i32, name: i32) -> squeue::Entry {
+    static ONE: i32 = 1;
+    opcode::SetSockOpt::new(
+        fd,
+        level as u32,
+        name as u32,
+        &ONE as *const i32 as *const libc::c_void,
+        4,
+    )
+    .build()
+}

@@ -79,7 +79,6 @@ const SEND_DUE: u8 = 0;
 const RECONNECT: u8 = 1;
 const ATTEMPT_DEADLINE: u8 = 2;
 
-static ONE: i32 = 1;
 static LINGER_RESET: libc::linger = libc::linger {
     l_onoff: 1,
     l_linger: 0,
@@ -159,20 +158,10 @@ impl Shard {
         // Room for every connection twice over where the limit allows: a
         // dropped socket's slot is freed only when its close runs, which may
         // be after the replacement socket has taken one.
-        let table = sys::direct_table_size(count * 2 + super::SLOT_HEADROOM);
-        ring.submitter()
-            .register_files_sparse(table)
-            .map_err(|err| sys::SetupError::Missing {
-                what: "a direct descriptor table",
-                err,
-            })?;
+        sys::register_direct_table(&ring, count * 2 + super::SLOT_HEADROOM)?;
         let entries = (count.next_power_of_two()).clamp(64, 1024) as u16;
         let buf_size = (cfg.size_max + 2).clamp(4096, 16384);
-        let bufs =
-            BufRing::new(&ring, 0, entries, buf_size).map_err(|err| sys::SetupError::Missing {
-                what: "provided buffer rings",
-                err,
-            })?;
+        let bufs = sys::register_buffers(&ring, entries, buf_size)?;
         let (target, target_len) = RawAddr::from_socket_addr(cfg.connect);
         let sources: Box<[(RawAddr, u32)]> = cfg
             .source_ips
@@ -364,16 +353,9 @@ impl Shard {
         let slot = res as u32;
         self.conns[i].slot = Some(slot);
         let fixed = types::Fixed(slot);
-        let nodelay = opcode::SetSockOpt::new(
-            fixed,
-            libc::IPPROTO_TCP as u32,
-            libc::TCP_NODELAY as u32,
-            &ONE as *const i32 as *const libc::c_void,
-            4,
-        )
-        .build()
-        .flags(squeue::Flags::IO_LINK)
-        .user_data(token(Op::Setup, i, epoch));
+        let nodelay = sys::enable_sockopt(fixed, libc::IPPROTO_TCP, libc::TCP_NODELAY)
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(token(Op::Setup, i, epoch));
         self.push(nodelay);
         if !self.sources.is_empty() {
             let (addr, len) = {
@@ -385,16 +367,10 @@ impl Shard {
             // Choose the port at connect time, from the whole 4-tuple: with
             // a port chosen at bind time each source address would be
             // limited to one connection per port across all destinations.
-            let no_port = opcode::SetSockOpt::new(
-                fixed,
-                libc::IPPROTO_IP as u32,
-                libc::IP_BIND_ADDRESS_NO_PORT as u32,
-                &ONE as *const i32 as *const libc::c_void,
-                4,
-            )
-            .build()
-            .flags(squeue::Flags::IO_LINK)
-            .user_data(token(Op::Setup, i, epoch));
+            let no_port =
+                sys::enable_sockopt(fixed, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT)
+                    .flags(squeue::Flags::IO_LINK)
+                    .user_data(token(Op::Setup, i, epoch));
             // SAFETY: `addr` points into the boxed slice `sources`, alive as long as the shard.
             let bind = opcode::Bind::new(fixed, unsafe { (*addr).as_sockaddr() }, len)
                 .build()

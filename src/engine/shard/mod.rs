@@ -322,18 +322,9 @@ impl Shard {
             0 => cfg.max_sessions / cfg.shards.max(1) * 2 + 1024,
             n => n,
         };
-        let table = sys::direct_table_size(wanted);
-        ring.submitter()
-            .register_files_sparse(table)
-            .map_err(|err| sys::SetupError::Missing {
-                what: "a direct descriptor table",
-                err,
-            })?;
-        let bufs = BufRing::new(&ring, 0, cfg.recv_buffers_per_shard(), cfg.recv_buffer_size)
-            .map_err(|err| sys::SetupError::Missing {
-                what: "provided buffer rings",
-                err,
-            })?;
+        let table = sys::register_direct_table(&ring, wanted)?;
+        let bufs =
+            sys::register_buffers(&ring, cfg.recv_buffers_per_shard(), cfg.recv_buffer_size)?;
         let id_bits = usize::BITS - (cfg.shards.max(1) - 1).leading_zeros();
         Ok(Shard {
             ring,

@@ -122,16 +122,8 @@ impl Shard {
             self.maybe_free_session(si);
             return;
         }
-        static ONE: i32 = 1;
-        let nodelay = opcode::SetSockOpt::new(
-            types::Fixed(slot),
-            libc::IPPROTO_TCP as u32,
-            libc::TCP_NODELAY as u32,
-            &ONE as *const i32 as *const libc::c_void,
-            4,
-        )
-        .build()
-        .user_data(token::encode(Op::Ignore, 0, 0));
+        let nodelay = sys::enable_sockopt(types::Fixed(slot), libc::IPPROTO_TCP, libc::TCP_NODELAY)
+            .user_data(token::encode(Op::Ignore, 0, 0));
         up.ops += 1;
         let connect = opcode::Connect::new(types::Fixed(slot), up.addr.as_sockaddr(), up.addr_len)
             .build()
