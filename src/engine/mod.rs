@@ -9,6 +9,7 @@
 
 pub(crate) mod bufring;
 pub mod outbound;
+pub mod ring;
 mod shard;
 pub mod sys;
 pub mod timer;
