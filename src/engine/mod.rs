@@ -8,6 +8,7 @@
 //! `IORING_OP_MSG_RING` together with the bytes already read.
 
 pub(crate) mod bufring;
+pub mod endpoint;
 pub mod outbound;
 pub mod ring;
 mod shard;
