@@ -242,6 +242,37 @@ impl Endpoint {
             d.push(close, tag, Owned::None);
         }
     }
+    /// Closes the descriptor with a reset (RST) instead of an orderly FIN,
+    /// as a dropped mobile connection looks: `SO_LINGER` 0, then the read
+    /// side shut (which ends an armed receive and sends nothing), then close.
+    pub fn abort<T: Copy>(&mut self, d: &mut Driver<T>, tag: Option<T>) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        static LINGER_RESET: libc::linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        let linger = opcode::SetSockOpt::new(
+            self.fd(),
+            libc::SOL_SOCKET as u32,
+            libc::SO_LINGER as u32,
+            &LINGER_RESET as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+        .build();
+        let shutdown = opcode::Shutdown::new(self.fd(), libc::SHUT_RD).build();
+        let close = opcode::Close::new(self.fd()).build();
+        d.push_linked(
+            [
+                (linger, None, Owned::None),
+                (shutdown, None, Owned::None),
+                (close, tag, Owned::None),
+            ],
+            true,
+        );
+    }
 }
 
 fn single_recv(fd: types::Fixed, bufs: &BufRing) -> squeue::Entry {
@@ -487,5 +518,33 @@ mod tests {
                 "kernel {release} caps multishot receives"
             );
         }
+    }
+
+    #[test]
+    fn an_abort_resets_the_connection() {
+        let mut r = rig();
+        let mut room = 1 << 20;
+        pump(&mut r, &mut room, 2);
+        r.ep.abort(&mut r.d, Some(2));
+        let mut out = Vec::new();
+        for _ in 0..50 {
+            r.d.submit_and_reap(false, &mut out);
+            for c in out.drain(..) {
+                if c.tag == 1 {
+                    r.ep.on_recv(&c, &r.bufs);
+                }
+            }
+            if r.d.in_flight() == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(r.d.in_flight(), 0);
+        r.peer
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut b = [0u8; 8];
+        let e = r.peer.read(&mut b).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
     }
 }
