@@ -367,7 +367,6 @@ mod tests {
         policy: RecvPolicy,
         ep: Endpoint,
         peer: TcpStream,
-        _ours: TcpStream,
     }
 
     fn rig() -> Rig {
@@ -389,7 +388,6 @@ mod tests {
             },
             ep: Endpoint::new(0),
             peer,
-            _ours: ours,
         }
     }
 
