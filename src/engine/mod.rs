@@ -11,6 +11,7 @@ pub(crate) mod bufring;
 pub mod endpoint;
 pub mod outbound;
 pub mod ring;
+pub mod session;
 mod shard;
 pub mod sys;
 pub mod timer;

@@ -51,6 +51,7 @@ impl PlainQueue {
 }
 
 /// Outgoing bytes of one direction of a session.
+#[derive(Debug)]
 pub enum Outbound {
     /// SCP: encrypted into the replay window.
     Scp(Box<Session>),
@@ -167,6 +168,31 @@ impl Outbound {
                 })
             }
         }
+    }
+
+    /// The bytes to send next, as pieces of memory that stay put and
+    /// unchanged until [`sent`](Self::sent) is called for them: for SCP the
+    /// window's unsent ciphertext; for a plain queue its in-flight half
+    /// (pending bytes move there when the previous send finished).
+    pub fn next_pieces(&mut self) -> impl Iterator<Item = &[u8]> {
+        let (plain, scp) = match self {
+            Outbound::Plain(q) => {
+                if q.inflight_done == q.inflight.len() {
+                    q.inflight.clear();
+                    q.inflight_done = 0;
+                    std::mem::swap(&mut q.pending, &mut q.inflight);
+                }
+                (Some(&q.inflight[q.inflight_done..]), None)
+            }
+            Outbound::Scp(s) => {
+                let w = s.window();
+                (None, Some(w.slices_from(w.flushed())))
+            }
+        };
+        plain
+            .filter(|p| !p.is_empty())
+            .into_iter()
+            .chain(scp.into_iter().flatten())
     }
 
     /// Records that `n` bytes of the current send went out.
