@@ -100,6 +100,15 @@ impl MsgHeader {
     }
 }
 
+/// `user_data` with this bit set comes from another ring (`IORING_OP_MSG_RING`)
+/// rather than from an operation of ours; the other 63 bits are the
+/// sender's, and [`Driver::with_foreign`] says what they mean.
+pub const FOREIGN: u64 = 1 << 63;
+
+/// Generations are 31 bits, so an operation's `user_data` never has the
+/// [`FOREIGN`] bit.
+const GENERATION_MASK: u32 = u32::MAX >> 1;
+
 /// Names an operation in flight: its record's index and generation, which
 /// together are its `user_data`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -174,12 +183,21 @@ pub struct Driver<T> {
     backlog: VecDeque<squeue::Entry>,
     chain_ends: VecDeque<usize>,
     backlog_base: usize,
+    /// What a completion posted by another ring stands for.
+    foreign: fn(u64) -> Option<T>,
 }
 
 impl<T: Copy> Driver<T> {
     /// Drives `ring`.
     pub fn new(ring: IoUring) -> Driver<T> {
+        Self::with_foreign(ring, |_| None)
+    }
+
+    /// Drives `ring`, turning completions that other rings post into it
+    /// (`user_data` with [`FOREIGN`] set) into tags with `foreign`.
+    pub fn with_foreign(ring: IoUring, foreign: fn(u64) -> Option<T>) -> Driver<T> {
         Driver {
+            foreign,
             ring,
             records: Vec::new(),
             free: Vec::new(),
@@ -221,7 +239,7 @@ impl<T: Copy> Driver<T> {
         self.live += 1;
         if let Some(index) = self.free.pop() {
             let r = &mut self.records[index as usize];
-            r.generation = r.generation.wrapping_add(1);
+            r.generation = r.generation.wrapping_add(1) & GENERATION_MASK;
             r.op = op;
             return OpId::new(index, r.generation);
         }
@@ -371,6 +389,18 @@ impl<T: Copy> Driver<T> {
         cq.sync();
         for cqe in &mut cq {
             let id = OpId(cqe.user_data());
+            if id.0 & FOREIGN != 0 {
+                if let Some(tag) = (self.foreign)(id.0 & !FOREIGN) {
+                    out.push(Completion {
+                        tag,
+                        result: cqe.result(),
+                        flags: cqe.flags(),
+                        mem: Owned::None,
+                        op: id,
+                    });
+                }
+                continue;
+            }
             let Some(record) = self.records.get_mut(id.index()) else {
                 continue;
             };
@@ -545,6 +575,22 @@ mod tests {
         d.cancel(id);
         drain(&mut d);
         assert_eq!(Rc::strong_count(&marker), 1, "dropped with the completion");
+    }
+
+    #[test]
+    fn completions_from_other_rings_are_told_apart() {
+        let mut a: Driver<u32> =
+            Driver::with_foreign(IoUring::new(8).unwrap(), |v| Some(1000 + v as u32));
+        let mut b: Driver<u32> = Driver::new(IoUring::new(8).unwrap());
+        use std::os::fd::AsRawFd;
+        let msg =
+            opcode::MsgRingData::new(types::Fd(a.ring().as_raw_fd()), 0, FOREIGN | 7, None).build();
+        b.push(msg, Some(1), Owned::None);
+        let done = drain(&mut b);
+        assert_eq!(done[0].result, 0);
+        let got = drain(&mut a);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].tag, 1007);
     }
 
     #[test]

@@ -7,4 +7,6 @@ pub mod bufs;
 mod driver;
 
 pub use bufs::{BufRing, RecvBuf};
-pub use driver::{Completion, Driver, MAX_IOV, MsgHeader, OpId, Owned, build, is_unavailable};
+pub use driver::{
+    Completion, Driver, FOREIGN, MAX_IOV, MsgHeader, OpId, Owned, build, is_unavailable,
+};
