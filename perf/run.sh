@@ -2,19 +2,41 @@
 # Puts ringgate beside its baselines in one run, on loopback, and writes a
 # markdown table per scenario to perf/results/<scenario>-<date>.md.
 #
-#   perf/run.sh [echo-small|idle-memory|storm|bulk|relay-baseline|all]
+#   perf/run.sh [echo-small|idle-memory|storm|bulk|relay-baseline|churn|all]
+#   OLD=/path/to/old/ringgate perf/run.sh compare [SCENARIO...]
 #
 # Every ratio compares figures measured in the same run of this script.
 # Environment: PERF_DURATION (seconds of each measured run, default 10),
 # PERF_SHARDS (gate shards, default 2).
+# churn: IDLE_FEW (default 5000) and IDLE_MANY (default 80000) idle sessions,
+# CHURN_SESSIONS (resuming sessions, default 1000), CHURN_DURATION (seconds,
+# default 20), CHURN_RATE (messages per second per resuming session; 0, the
+# default, sends the next as soon as the echo is back), CHURN_SHARDS (gate
+# shards, default 8), CHURN_IDLE_RATE (messages per second per idle session,
+# default 0.0001), CHURN_LOG (the gate's RUST_LOG, default warn).
+# compare: runs each scenario's gate rows with the gate binary OLD and with the
+# one this tree builds (the load generator and echo server are always this
+# tree's) and writes perf/results/compare-<date>.md; OLD_LABEL names the old
+# binary in the tables. Scenarios: echo-small, relay-baseline, idle-memory,
+# storm, churn (default: all five).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCENARIO=${1:-all}
 DURATION=${PERF_DURATION:-10}
 GATE_SHARDS=${PERF_SHARDS:-2}
+IDLE_FEW=${IDLE_FEW:-5000}
+IDLE_MANY=${IDLE_MANY:-80000}
+CHURN_SESSIONS=${CHURN_SESSIONS:-1000}
+CHURN_DURATION=${CHURN_DURATION:-20}
+CHURN_RATE=${CHURN_RATE:-0}
+CHURN_SHARDS=${CHURN_SHARDS:-8}
+CHURN_IDLE_RATE=${CHURN_IDLE_RATE:-0.0001}
+CHURN_LOG=${CHURN_LOG:-warn}
 DATE=$(date +%Y%m%d-%H%M%S)
 BIN=target/release/ringgate
+# The `ringgate serve` under test; compare mode points it at each binary in turn.
+GATE_BIN=$BIN
 TMP=$(mktemp -d)
 PIDS=()
 
@@ -31,12 +53,44 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-case "$SCENARIO" in
-echo-small | idle-memory | storm | bulk | relay-baseline | all) ;;
-*)
-    echo "usage: $0 [echo-small|idle-memory|storm|bulk|relay-baseline|all]" >&2
+usage() {
+    echo "usage: $0 [echo-small|idle-memory|storm|bulk|relay-baseline|churn|all]" >&2
+    echo "       OLD=/path/to/old/ringgate $0 compare [echo-small|relay-baseline|idle-memory|storm|churn...]" >&2
     exit 2
+}
+
+COMPARE=()
+case "$SCENARIO" in
+echo-small | idle-memory | storm | bulk | relay-baseline | churn | all) ;;
+compare)
+    shift
+    COMPARE=("$@")
+    [ ${#COMPARE[@]} -eq 0 ] && COMPARE=(echo-small relay-baseline idle-memory storm churn)
+    for s in "${COMPARE[@]}"; do
+        case "$s" in
+        echo-small | relay-baseline | idle-memory | storm | churn) ;;
+        *) usage ;;
+        esac
+    done
+    if [ -z "${OLD:-}" ]; then
+        cat >&2 <<'EOF'
+compare needs the old gate binary in OLD; nothing was run. To build one from an
+older revision REV of this repository:
+
+    git worktree add /tmp/ringgate-old REV
+    (cd /tmp/ringgate-old && cargo build --release)
+    OLD=/tmp/ringgate-old/target/release/ringgate perf/run.sh compare
+
+(afterwards: git worktree remove /tmp/ringgate-old)
+EOF
+        exit 0
+    fi
+    if [ ! -x "$OLD" ]; then
+        echo "OLD=$OLD is not an executable file" >&2
+        exit 2
+    fi
     ;;
+*) usage ;;
 esac
 
 echo "building (release)..."
@@ -52,8 +106,7 @@ next_port() {
 }
 
 wait_port() {
-    local i
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
         sleep 0.1
     done
@@ -119,7 +172,7 @@ echo_server() {
 gate() {
     next_port
     GATE_PORT=$PORT
-    start gate "$GATE_PORT" "$BIN" serve --listen "127.0.0.1:$GATE_PORT" --shards "$GATE_SHARDS" \
+    start gate "$GATE_PORT" "$GATE_BIN" serve --listen "127.0.0.1:$GATE_PORT" --shards "$GATE_SHARDS" \
         --upstream "echo=127.0.0.1:$ECHO_PORT" --max-sessions 1000000 "$@"
     GATE_PID=$LAST_PID
 }
@@ -128,7 +181,7 @@ gate() {
 gate_builtin() {
     next_port
     GATE_PORT=$PORT
-    start gate "$GATE_PORT" "$BIN" serve --listen "127.0.0.1:$GATE_PORT" --shards "$GATE_SHARDS" "$@"
+    start gate "$GATE_PORT" "$GATE_BIN" serve --listen "127.0.0.1:$GATE_PORT" --shards "$GATE_SHARDS" "$@"
     GATE_PID=$LAST_PID
 }
 
@@ -212,13 +265,15 @@ print(text)
 EOF
 }
 
+# header OUT NAME [SETUP] : SETUP replaces the line on the measured run.
 header() {
     local out=$1 name=$2
+    local setup=${3:-"Measured run: ${DURATION}s per load; gate shards: $GATE_SHARDS."}
     {
         echo "# ringgate perf: $name ($DATE)"
         echo
         echo "Host: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r); loopback only."
-        echo "Commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown). Measured run: ${DURATION}s per load; gate shards: $GATE_SHARDS."
+        echo "Commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown). $setup"
         echo "Every process of a run shares the same cores (the load generator included), so absolute"
         echo "figures are low; the ratios, taken within one run, are the point."
         echo
@@ -267,8 +322,7 @@ idle_run() {
         --size 64 --rate 0.1 --duration 20 &
     local lg=$!
     PIDS+=("$lg")
-    local i
-    for i in $(seq 600); do
+    for _ in $(seq 600); do
         [ "$(established "$port")" -ge 10000 ] && break
         sleep 0.1
     done
@@ -295,7 +349,7 @@ idle_memory() {
     gate
     idle_run "$TMP/im-gate.json" "$GATE_PORT" "$GATE_PID" scp
     stop "$GATE_PID"
-    gate_builtin
+    gate_builtin --max-sessions 1000000
     idle_run "$TMP/im-builtin.json" "$GATE_PORT" "$GATE_PID" scp
     stop "$GATE_PID"
     stop "$ECHO_PID"
@@ -324,9 +378,10 @@ b["seconds"], b["per_sec"] = b["ramp_seconds"], b["handshakes_per_sec"]
 n = dict(g); n["seconds"], n["per_sec"] = g["ramp_seconds"], g["handshakes_per_sec"]
 g["seconds"], g["per_sec"] = g.get("storm_seconds"), g.get("storm_resumes_per_sec")
 for p, d in ((base, b), (gate, g), (new, n)):
+    d["resumes_failed_total"] = sum(d["resumes_failed"].values())
     json.dump(d, open(p, "w"), indent=2)
 EOF
-    COLUMNS="connections:sessions:-,seconds:seconds until all are up:down,per_sec:per second:up,resumes_ok:resumes ok:-,resumes_failed:resumes failed:-,bytes_lost:bytes lost:-" \
+    COLUMNS="connections:sessions:-,seconds:seconds until all are up:down,per_sec:per second:up,resumes_ok:resumes ok:-,resumes_failed_total:resumes failed:-,bytes_lost:bytes lost:-" \
         table "$out" "storm: 10,000 sessions dropped at once (TCP RST) and resumed" \
         "Resume storm: every session of \`ringgate serve\` (SCP, proxying to an echo) is reset at once and resumes; seconds from the drop until the last one is back. Baseline: opening 10,000 fresh plain TCP connections through \`ringgate serve --plain\` (what a plain relay's clients must do after a drop, without keeping any session). The new-session row is the same SCP gate's initial ramp (a full DH handshake each)." \
         "10k new plain connections via ringgate serve --plain=$TMP/st-base.json" "10k SCP resumes (storm)=$TMP/st-gate.json" "10k new SCP sessions (ramp)=$TMP/st-new.json"
@@ -381,6 +436,301 @@ relay_baseline() {
         "haproxy, plain=$TMP/rb-bulk-haproxy.json" "ringgate serve --plain=$TMP/rb-bulk-plain.json" "ringgate serve, SCP=$TMP/rb-bulk-scp.json"
 }
 
+# ---- churn: resumes beside few and many idle sessions -------------------------
+
+# churn_run OUT.json N : a fresh `ringgate serve` (built-in echo, CHURN_SHARDS
+# shards) holding N idle SCP sessions (load generator A), and beside them
+# CHURN_SESSIONS sessions that drop (TCP RST) and resume after every message
+# (load generator B, report in OUT.json). The gate's CPU is read over B's run.
+churn_run() {
+    local out=$1 n=$2
+    local GATE_SHARDS=$CHURN_SHARDS
+    local -x RUST_LOG=$CHURN_LOG
+    gate_builtin --max-sessions $((2 * (n + CHURN_SESSIONS)))
+    local port=$GATE_PORT gate_pid=$GATE_PID
+    # A: idle sessions, spread over many source addresses (one address has
+    # about 28k ephemeral ports); bounded in time, stopped once B is done.
+    "$BIN" loadgen --connect "127.0.0.1:$port" --protocol scp --connections "$n" --size 64 \
+        --rate "$CHURN_IDLE_RATE" --duration $((CHURN_DURATION + 180)) \
+        --source-ips 127.0.0.2-127.0.0.40 --json "$TMP/churn-idle.json" >"$TMP/churn-idle.txt" 2>&1 &
+    local idle=$!
+    PIDS+=("$idle")
+    for _ in $(seq 1200); do
+        [ "$(established "$port")" -ge "$n" ] && break
+        kill -0 "$idle" 2>/dev/null || break
+        sleep 0.25
+    done
+    sleep 2 # the last handshakes after their TCP connect
+    local held
+    held=$(established "$port")
+    if [ "$held" -lt "$n" ]; then
+        echo "churn: only $held of $n idle sessions connected" >&2
+        cat "$TMP/churn-idle.txt" >&2
+    fi
+    # B: resume after every message, on source addresses of its own.
+    measure_cpu "$gate_pid" "$out" --connect "127.0.0.1:$port" --protocol scp \
+        --connections "$CHURN_SESSIONS" --size 64 --rate "$CHURN_RATE" --resume-every 1 \
+        --duration "$CHURN_DURATION" --source-ips 127.0.0.41-127.0.0.60
+    local rss
+    rss=$(rss_kb "$gate_pid")
+    stop "$idle"
+    stop "$gate_pid"
+    python3 - "$out" "$n" "$held" "$rss" <<'EOF'
+import json, sys
+path, n, held, rss = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+d = json.load(open(path))
+d["idle_target"], d["idle_held"] = n, held
+d["gate_rss_mib"] = rss / 1024
+# resumes_ok counts the whole run: ramp, measured run and drain (the drain adds
+# at most one resume per session: no new message is sent then).
+secs = d["ramp_seconds"] + d["measured_seconds"]
+d["resumes_per_sec"] = d["resumes_ok"] / secs if secs else None
+d["resumes_failed_total"] = sum(d["resumes_failed"].values())
+d["errors_total"] = sum(d["errors"].values())
+d["cpu_us_per_resume"] = d["cpu_seconds"] / d["resumes_ok"] * 1e6 if d["resumes_ok"] else None
+json.dump(d, open(path, "w"), indent=2)
+EOF
+}
+
+CHURN_COLUMNS="idle_target:idle sessions:-,idle_held:held:-,resumes_per_sec:resumes/s:up,msgs_per_sec:verified echoes/s:up,resumes_failed_total:resumes failed:-,bytes_lost:bytes lost:-,bytes_duplicated:bytes dup:-,errors_total:errors:-,gate_rss_mib:gate RSS MiB:-,cpu_seconds:gate CPU s:-,cpu_us_per_resume:gate CPU µs / resume:down"
+
+churn_notes() {
+    echo "One \`ringgate serve\` (built-in echo, $CHURN_SHARDS shards, RUST_LOG=$CHURN_LOG) per row, fresh for each. Load generator A holds the idle SCP sessions (\`--rate $CHURN_IDLE_RATE\`); once all are connected, load generator B holds $CHURN_SESSIONS sessions that each drop (TCP RST) and resume after every message (\`--resume-every 1 --rate $CHURN_RATE\`, 64 bytes) for ${CHURN_DURATION}s. resumes/s: B's resumes answered 200 ÷ (B's ramp + measured seconds); verified echoes/s: B's echoes in the measured run (one per resume, so the two agree). Gate CPU: user + system seconds of the gate over B's whole run."
+}
+
+# churn_verdict OUT FEW.json MANY.json LABEL : appends the many/few ratio.
+churn_verdict() {
+    python3 - "$@" <<'EOF' | tee -a "$1"
+import json, sys
+_, few, many, label = sys.argv[1:5]
+f, m = json.load(open(few)), json.load(open(many))
+a, b = f.get("resumes_per_sec"), m.get("resumes_per_sec")
+bad = sum(d["bytes_lost"] + d["bytes_duplicated"] + d["resumes_failed_total"] for d in (f, m))
+if a and b is not None:
+    r = b / a
+    verdict = "meets" if r >= 0.8 else "misses"
+    print(f"**{label}resumes/s with {m['idle_target']:,} idle ÷ with {f['idle_target']:,} idle = {r:.2f}** ({verdict} the target ≥ 0.8)."
+          + ("" if bad == 0 else " Resumes failed or bytes lost/duplicated: these figures do not count."))
+else:
+    print(f"{label}no ratio: a run produced no resumes.")
+print()
+EOF
+}
+
+churn() {
+    local out="perf/results/churn-$DATE.md"
+    header "$out" churn "Resuming run: ${CHURN_DURATION}s; gate shards: $CHURN_SHARDS."
+    churn_run "$TMP/ch-few.json" "$IDLE_FEW"
+    churn_run "$TMP/ch-many.json" "$IDLE_MANY"
+    COLUMNS=$CHURN_COLUMNS table "$out" \
+        "churn: $CHURN_SESSIONS sessions resuming after every message, beside $IDLE_FEW and beside $IDLE_MANY idle sessions" \
+        "$(churn_notes) The ratio column of the second row is many ÷ few (target for resumes/s: ≥ 0.8)." \
+        "$IDLE_FEW idle=$TMP/ch-few.json" "$IDLE_MANY idle=$TMP/ch-many.json"
+    churn_verdict "$out" "$TMP/ch-few.json" "$TMP/ch-many.json" ""
+}
+
+# ---- compare: the old gate binary beside the new one ---------------------------
+
+# compare_table OUT TITLE NOTES SPEC... : one table, two rows per SPEC
+# "label=old.json=new.json" (old first), the new row with new ÷ old per column.
+# Columns as for `table` (COLUMNS).
+compare_table() {
+    local out=$1 title=$2 notes=$3
+    shift 3
+    python3 - "$out" "$title" "$notes" "$COLUMNS" "$OLD_NAME" "$NEW_NAME" "$@" <<'EOF'
+import json, sys
+out, title, notes, columns, old_name, new_name = sys.argv[1:7]
+cols = [c.split(":") for c in columns.split(",")]
+
+def get(d, key):
+    v = d
+    for k in key.split("."):
+        if not isinstance(v, dict) or k not in v:
+            return None
+        v = v[k]
+    return v
+
+def fmt(v):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.2f}" if abs(v) < 1000 else f"{v:,.0f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+def load(path):
+    try:
+        return json.load(open(path))
+    except Exception:
+        return {}
+
+lines = [f"## {title}", "", notes, ""]
+head = ["setup", "gate"] + [h for _, h, _ in cols] + [f"{h} new ÷ old" for _, h, b in cols if b != "-"]
+lines.append("| " + " | ".join(head) + " |")
+lines.append("|" + "---|" * len(head))
+for spec in sys.argv[7:]:
+    label, old_path, new_path = spec.split("=", 2)
+    old, new = load(old_path), load(new_path)
+    for name, d in ((old_name, old), (new_name, new)):
+        cells = [label, name] + [fmt(get(d, k)) for k, _, _ in cols]
+        for k, _, better in cols:
+            if better == "-":
+                continue
+            v, b = get(d, k), get(old, k)
+            ok = d is new and isinstance(v, (int, float)) and isinstance(b, (int, float)) and b
+            cells.append(f"{v / b:.2f}×" if ok else "")
+        lines.append("| " + " | ".join(cells) + " |")
+lines.append("")
+text = "\n".join(lines)
+with open(out, "a") as f:
+    f.write(text + "\n")
+print(text)
+EOF
+}
+
+# Each cmp_* measures the gate rows of one scenario with GATE_BIN, into
+# $TMP/cmp-<scenario>-<TAG>-*.json.
+cmp_echo_small() {
+    local tag=$1
+    echo_server
+    gate
+    measure_cpu "$GATE_PID" "$TMP/cmp-es-$tag.json" --connect "127.0.0.1:$GATE_PORT" --protocol scp "${SMALL[@]}"
+    with_cpu_per_million "$TMP/cmp-es-$tag.json"
+    stop "$GATE_PID"
+    stop "$ECHO_PID"
+}
+
+cmp_relay_baseline() {
+    local tag=$1 load mode
+    echo_server
+    for load in small bulk; do
+        local -a args
+        if [ "$load" = small ]; then args=("${SMALL[@]}"); else args=("${BULK[@]}"); fi
+        for mode in plain scp; do
+            if [ "$mode" = plain ]; then gate --plain; else gate; fi
+            measure_cpu "$GATE_PID" "$TMP/cmp-rb-$tag-$load-$mode.json" --connect "127.0.0.1:$GATE_PORT" --protocol "$mode" "${args[@]}"
+            with_cpu_per_million "$TMP/cmp-rb-$tag-$load-$mode.json"
+            stop "$GATE_PID"
+        done
+    done
+    stop "$ECHO_PID"
+}
+
+cmp_idle_memory() {
+    local tag=$1
+    echo_server
+    gate --plain
+    idle_run "$TMP/cmp-im-$tag-plain.json" "$GATE_PORT" "$GATE_PID" plain
+    stop "$GATE_PID"
+    gate
+    idle_run "$TMP/cmp-im-$tag-scp.json" "$GATE_PORT" "$GATE_PID" scp
+    stop "$GATE_PID"
+    gate_builtin --max-sessions 1000000
+    idle_run "$TMP/cmp-im-$tag-builtin.json" "$GATE_PORT" "$GATE_PID" scp
+    stop "$GATE_PID"
+    stop "$ECHO_PID"
+}
+
+cmp_storm() {
+    local tag=$1
+    echo_server
+    gate
+    loadgen "$TMP/cmp-st-$tag.json" --connect "127.0.0.1:$GATE_PORT" --protocol scp --connections 10000 --rate 1 --duration 5 --storm
+    stop "$GATE_PID"
+    stop "$ECHO_PID"
+    python3 - "$TMP/cmp-st-$tag.json" "$TMP/cmp-st-$tag-ramp.json" <<'EOF'
+import json, sys
+storm, ramp = sys.argv[1:3]
+g = json.load(open(storm))
+n = dict(g)
+n["seconds"], n["per_sec"] = g["ramp_seconds"], g["handshakes_per_sec"]
+g["seconds"], g["per_sec"] = g.get("storm_seconds"), g.get("storm_resumes_per_sec")
+for d in (g, n):
+    d["resumes_failed_total"] = sum(d["resumes_failed"].values())
+json.dump(g, open(storm, "w"), indent=2)
+json.dump(n, open(ramp, "w"), indent=2)
+EOF
+}
+
+cmp_churn() {
+    local tag=$1
+    churn_run "$TMP/cmp-ch-$tag-few.json" "$IDLE_FEW"
+    churn_run "$TMP/cmp-ch-$tag-many.json" "$IDLE_MANY"
+}
+
+compare() {
+    local out="perf/results/compare-$DATE.md" s tag
+    local old_rev=""
+    old_rev=$(git -C "$(dirname "$OLD")" rev-parse --short HEAD 2>/dev/null) || old_rev=""
+    OLD_NAME=${OLD_LABEL:-old${old_rev:+ ($old_rev)}}
+    NEW_NAME="new ($(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ", modified"))"
+    header "$out" "old vs new gate" "Measured run: ${DURATION}s per load (churn: ${CHURN_DURATION}s); gate shards: $GATE_SHARDS (churn: $CHURN_SHARDS)."
+    {
+        echo "Old gate: \`$OLD\`${old_rev:+ (from a tree at $old_rev)}. New gate: \`$BIN\` built from this tree."
+        echo "Only \`ringgate serve\` differs between the two rows of a pair: the load generator and the echo"
+        echo "server are this tree's for both. Each scenario runs the old gate first, then the new one."
+        echo
+    } >>"$out"
+    for s in "${COMPARE[@]}"; do
+        echo "== compare $s"
+        for tag in old new; do
+            if [ "$tag" = old ]; then GATE_BIN=$OLD; else GATE_BIN=$BIN; fi
+            echo "-- $tag gate: $GATE_BIN"
+            case "$s" in
+            echo-small) cmp_echo_small "$tag" ;;
+            relay-baseline) cmp_relay_baseline "$tag" ;;
+            idle-memory) cmp_idle_memory "$tag" ;;
+            storm) cmp_storm "$tag" ;;
+            churn) cmp_churn "$tag" ;;
+            esac
+        done
+        GATE_BIN=$BIN
+        case "$s" in
+        echo-small)
+            COLUMNS="msgs_per_sec:msgs/s:up,latency_us.p50:p50 µs:down,latency_us.p99:p99 µs:down,cpu_s_per_million_msgs:CPU s / 1M msgs:down,bytes_lost:bytes lost:-,bytes_duplicated:bytes dup:-" \
+                compare_table "$out" "echo-small: 1000 SCP sessions, 64-byte messages, next message when the echo returns" \
+                "\`ringgate serve\` (SCP) proxying to \`ringgate echo\`; CPU of the gate process only." \
+                "serve, SCP → echo=$TMP/cmp-es-old.json=$TMP/cmp-es-new.json"
+            ;;
+        relay-baseline)
+            COLUMNS="msgs_per_sec:msgs/s:up,latency_us.p50:p50 µs:down,latency_us.p99:p99 µs:down,cpu_s_per_million_msgs:CPU s / 1M msgs:down,bytes_lost:bytes lost:-" \
+                compare_table "$out" "relay-baseline, echo-small load: 1000 connections, 64-byte messages" \
+                "\`ringgate serve --plain\` relaying plain TCP, and \`ringgate serve\` carrying the same frames inside SCP, to \`ringgate echo\` (HAProxy is left out: it is the same for both). CPU: the gate process only." \
+                "serve --plain=$TMP/cmp-rb-old-small-plain.json=$TMP/cmp-rb-new-small-plain.json" \
+                "serve, SCP=$TMP/cmp-rb-old-small-scp.json=$TMP/cmp-rb-new-small-scp.json"
+            COLUMNS="mb_per_sec:MB/s (each way):up,latency_us.p99:p99 µs:down,cpu_seconds:CPU s of the gate:down,bytes_lost:bytes lost:-" \
+                compare_table "$out" "relay-baseline, bulk load: 16 connections, 16 KiB messages" \
+                "As above, with the bulk load." \
+                "serve --plain=$TMP/cmp-rb-old-bulk-plain.json=$TMP/cmp-rb-new-bulk-plain.json" \
+                "serve, SCP=$TMP/cmp-rb-old-bulk-scp.json=$TMP/cmp-rb-new-bulk-scp.json"
+            ;;
+        idle-memory)
+            COLUMNS="connections:sessions:-,rss_before_kib:RSS before KiB:-,rss_held_kib:RSS held KiB:-,rss_per_session_bytes:RSS per session (bytes):down,bytes_lost:bytes lost:-" \
+                compare_table "$out" "idle-memory: 10,000 held sessions that exchanged 1–2 messages of 64 bytes" \
+                "Gate RSS while held − before, ÷ sessions (user space only)." \
+                "serve --plain → echo=$TMP/cmp-im-old-plain.json=$TMP/cmp-im-new-plain.json" \
+                "serve, SCP → echo=$TMP/cmp-im-old-scp.json=$TMP/cmp-im-new-scp.json" \
+                "serve, SCP, built-in echo=$TMP/cmp-im-old-builtin.json=$TMP/cmp-im-new-builtin.json"
+            ;;
+        storm)
+            COLUMNS="connections:sessions:-,seconds:seconds until all are up:down,per_sec:per second:up,resumes_ok:resumes ok:-,resumes_failed_total:resumes failed:-,bytes_lost:bytes lost:-" \
+                compare_table "$out" "storm: 10,000 SCP sessions dropped at once (TCP RST) and resumed" \
+                "\`ringgate serve\` (SCP) proxying to \`ringgate echo\`. Storm: from the drop until the last session is resumed. Ramp: the same gate's initial 10,000 new sessions (a DH handshake each)." \
+                "10k resumes (storm)=$TMP/cmp-st-old.json=$TMP/cmp-st-new.json" \
+                "10k new sessions (ramp)=$TMP/cmp-st-old-ramp.json=$TMP/cmp-st-new-ramp.json"
+            ;;
+        churn)
+            COLUMNS=$CHURN_COLUMNS compare_table "$out" \
+                "churn: $CHURN_SESSIONS sessions resuming after every message, beside $IDLE_FEW and beside $IDLE_MANY idle sessions" \
+                "$(churn_notes)" \
+                "$IDLE_FEW idle=$TMP/cmp-ch-old-few.json=$TMP/cmp-ch-new-few.json" \
+                "$IDLE_MANY idle=$TMP/cmp-ch-old-many.json=$TMP/cmp-ch-new-many.json"
+            churn_verdict "$out" "$TMP/cmp-ch-old-few.json" "$TMP/cmp-ch-old-many.json" "$OLD_NAME: "
+            churn_verdict "$out" "$TMP/cmp-ch-new-few.json" "$TMP/cmp-ch-new-many.json" "$NEW_NAME: "
+            ;;
+        esac
+    done
+}
+
 run() {
     echo "== $1"
     "$2"
@@ -392,12 +742,15 @@ idle-memory) run idle-memory idle_memory ;;
 storm) run storm storm ;;
 bulk) run bulk bulk ;;
 relay-baseline) run relay-baseline relay_baseline ;;
+churn) run churn churn ;;
+compare) compare ;;
 all)
     run echo-small echo_small
     run idle-memory idle_memory
     run storm storm
     run bulk bulk
     run relay-baseline relay_baseline
+    run churn churn
     ;;
 esac
 echo "results in perf/results/"
