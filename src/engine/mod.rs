@@ -3,17 +3,19 @@
 //! A shard is one pinned thread with its own ring, connection and session
 //! slabs, timers and provided buffers; it listens on the shared address with
 //! SO_REUSEPORT and accepts into the ring's table of direct descriptors.
-//! Session ids carry their owning shard in their low bits; a resume that
+//! Session ids carry their owning shard in their low bits ([`IdSpace`]); a resume that
 //! the kernel delivered to another shard is handed to the owner with
 //! `IORING_OP_MSG_RING` together with the bytes already read.
 
 pub(crate) mod bufring;
 pub mod outbound;
+pub mod session_id;
 mod shard;
 pub mod sys;
 pub mod timer;
 pub mod token;
 
+pub use session_id::{IdSpace, SessionId};
 pub use shard::CloseReason;
 pub use sys::SetupError;
 

@@ -44,7 +44,7 @@
 //! }
 //! ```
 
-use crate::engine::{Config, Gate, SetupError, Shared, Stats};
+use crate::engine::{Config, Gate, IdSpace, SetupError, Shared, Stats};
 use crate::gate::Backend;
 use crate::proto::frame::{FrameError, FrameFormat};
 use bytes::Bytes;
@@ -54,11 +54,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use crate::engine::CloseReason;
-
-/// A session's id: unique among live sessions, and the id an SCP client
-/// resumes with. Its low bits name the shard that owns the session.
-pub type SessionId = u32;
+pub use crate::engine::{CloseReason, SessionId};
 
 /// What happened to a session. A session's events arrive in this order:
 /// `Opened`, then `Frame`s interleaved with `Detached`/`Resumed`, then one
@@ -385,7 +381,7 @@ impl Builder {
         let shared = gate.shared().clone();
         let handle = Handle {
             inner: Arc::new(Inner {
-                id_bits: id_bits(gate.shards()),
+                ids: IdSpace::new(gate.shards()),
                 local: gate.local_addr(),
                 format: self.format,
                 shared: shared.clone(),
@@ -406,13 +402,8 @@ impl Builder {
     }
 }
 
-/// Bits of a session id that name its shard (as the shards allocate them).
-fn id_bits(shards: usize) -> u32 {
-    usize::BITS - (shards.max(1) - 1).leading_zeros()
-}
-
 struct Inner {
-    id_bits: u32,
+    ids: IdSpace,
     local: SocketAddr,
     format: FrameFormat,
     shared: Arc<Shared>,
@@ -443,7 +434,7 @@ impl Handle {
     }
 
     fn owner(&self, session: SessionId) -> Option<usize> {
-        let owner = (session & ((1u32 << self.inner.id_bits) - 1)) as usize;
+        let owner = self.inner.ids.owner(session);
         (owner < self.inner.shared.shard_count()).then_some(owner)
     }
 
@@ -633,14 +624,5 @@ mod tests {
             }
         }
         assert!(Encoded::new(FrameFormat::U16Be, Bytes::from(vec![0; 65536])).is_err());
-    }
-
-    #[test]
-    fn id_bits_match_shard_count() {
-        assert_eq!(id_bits(1), 0);
-        assert_eq!(id_bits(2), 1);
-        assert_eq!(id_bits(3), 2);
-        assert_eq!(id_bits(4), 2);
-        assert_eq!(id_bits(5), 3);
     }
 }

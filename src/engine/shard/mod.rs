@@ -15,6 +15,7 @@ mod workers;
 
 use super::bufring::BufRing;
 use super::outbound::{Outbound, PlainQueue, SendMeta};
+use super::session_id::{IdAllocator, IdSpace};
 use super::sys::{self, RawAddr};
 use super::timer::{DeadlineQueue, Entry as TimerEntry};
 use super::token::{self, Op};
@@ -223,8 +224,7 @@ pub struct Shard {
     sessions: Slab<Sess>,
     by_id: HashMap<u32, usize>,
     next_epoch: u32,
-    next_id: u32,
-    id_bits: u32,
+    ids: IdAllocator,
     handshaking: usize,
     hs_timers: DeadlineQueue,
     reuse_timers: DeadlineQueue,
@@ -325,7 +325,6 @@ impl Shard {
         let table = sys::register_direct_table(&ring, wanted)?;
         let bufs =
             sys::register_buffers(&ring, cfg.recv_buffers_per_shard(), cfg.recv_buffer_size)?;
-        let id_bits = usize::BITS - (cfg.shards.max(1) - 1).leading_zeros();
         Ok(Shard {
             ring,
             bufs,
@@ -344,6 +343,7 @@ impl Shard {
             },
             worker_waiting: Vec::new(),
             worker_broken: Vec::new(),
+            ids: IdAllocator::new(IdSpace::new(cfg.shards), index),
             cfg,
             shared,
             listener,
@@ -352,8 +352,6 @@ impl Shard {
             sessions: Slab::new(),
             by_id: HashMap::new(),
             next_epoch: 1,
-            next_id: 1,
-            id_bits,
             handshaking: 0,
             rearm_conns: Vec::new(),
             rearm_ups: Vec::new(),
