@@ -14,13 +14,13 @@ mod shard;
 pub mod sys;
 pub mod timer;
 pub mod token;
+pub mod workers;
 
 pub use session_id::{IdSpace, SessionId};
 pub use shard::CloseReason;
 pub use sys::SetupError;
 
 use crate::gate::Backend;
-use crate::gate::embedded::Command;
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tracing::error;
+use workers::Command;
 
 /// Everything a gate needs to run.
 #[derive(Debug, Clone)]
