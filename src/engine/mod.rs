@@ -7,6 +7,7 @@
 //! the kernel delivered to another shard is handed to the owner with
 //! `IORING_OP_MSG_RING` together with the bytes already read.
 
+pub mod backend;
 pub(crate) mod bufring;
 pub mod outbound;
 pub mod session_id;
@@ -16,11 +17,11 @@ pub mod timer;
 pub mod token;
 pub mod workers;
 
+pub use backend::{Backend, UpstreamChoice, UpstreamPolicy};
 pub use session_id::{IdSpace, SessionId};
 pub use shard::CloseReason;
 pub use sys::SetupError;
 
-use crate::gate::Backend;
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use std::collections::HashMap;
 use std::net::SocketAddr;

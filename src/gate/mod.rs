@@ -2,16 +2,19 @@
 //! application's worker threads ([`embedded`] mode) or the built-in echo.
 //!
 //! This module holds the decisions — which upstream, what to announce — and
-//! no I/O: the engine's shards drive the sockets.
+//! no I/O: the engine's shards drive the sockets and ask [`Proxy`], through
+//! the engine's [`UpstreamPolicy`], what to do.
 
 pub mod embedded;
 pub mod upstream;
 
+use rand::RngCore;
 use std::net::SocketAddr;
 use std::time::Duration;
 pub use upstream::{Host, Upstreams};
 
 pub use crate::config::{Announce, UpstreamNet};
+pub use crate::engine::backend::{Backend, UpstreamChoice, UpstreamPolicy};
 
 impl Announce {
     /// The first bytes of a new upstream stream for a client at `client`
@@ -29,7 +32,7 @@ impl Announce {
     }
 }
 
-/// Proxy mode settings.
+/// Proxy mode settings; the shards read them through [`UpstreamPolicy`].
 #[derive(Debug, Clone)]
 pub struct Proxy {
     /// Where sessions go.
@@ -42,14 +45,32 @@ pub struct Proxy {
     pub connect_timeout: Duration,
 }
 
-/// The far side of every session of a gate.
-#[derive(Debug, Clone)]
-pub enum Backend {
-    /// Each session's bytes are sent back to it (no upstream configured).
-    Echo,
-    /// Each session gets its own upstream connection.
-    Proxy(std::sync::Arc<Proxy>),
-    /// Each session's frames go to worker threads ([`embedded`] mode; made
-    /// by [`embedded::Builder`]).
-    Workers(std::sync::Arc<embedded::WorkerHub>),
+impl UpstreamPolicy for Proxy {
+    fn candidates(&self, target: Option<&str>, mut rng: &mut dyn RngCore) -> Vec<UpstreamChoice> {
+        let hosts = self.upstreams.hosts();
+        self.upstreams
+            .order(target, &mut rng)
+            .into_iter()
+            .map(|host| UpstreamChoice {
+                host,
+                addr: hosts[host].addr,
+            })
+            .collect()
+    }
+
+    fn scp(&self) -> bool {
+        self.net == UpstreamNet::Scp
+    }
+
+    fn announcement(&self, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+        self.announce.bytes(client, local)
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    fn host_count(&self) -> usize {
+        self.upstreams.hosts().len()
+    }
 }

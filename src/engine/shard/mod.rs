@@ -13,6 +13,7 @@ mod relay;
 mod upstream;
 mod workers;
 
+use super::backend::{Backend, UpstreamChoice, UpstreamPolicy};
 use super::bufring::BufRing;
 use super::outbound::{Outbound, PlainQueue, SendMeta};
 use super::session_id::{IdAllocator, IdSpace};
@@ -21,7 +22,6 @@ use super::timer::{DeadlineQueue, Entry as TimerEntry};
 use super::token::{self, Op};
 use super::workers::{Command, Encoded, Event, WorkerHub};
 use super::{Config, Handoff, Shared};
-use crate::gate::{Backend, Proxy, UpstreamNet};
 use crate::proto::client::{ClientEvent, ClientHandshake};
 use crate::proto::frame::FrameDecoder;
 use crate::proto::message::{ReuseConnReq, Status};
@@ -153,7 +153,7 @@ struct UpLink {
     slot: Option<u32>,
     state: UpState,
     /// Hosts still to try, in order.
-    tries: Vec<usize>,
+    tries: Vec<UpstreamChoice>,
     addr: Box<RawAddr>,
     addr_len: u32,
     out: Option<Outbound>,
@@ -334,7 +334,7 @@ impl Shard {
             idle_timers: cfg.idle_timeout.map(DeadlineQueue::new),
             tick_ts: Box::new(types::Timespec::from(TICK)),
             connect_ts: Box::new(types::Timespec::from(match &cfg.backend {
-                Backend::Proxy(p) => p.connect_timeout,
+                Backend::Proxy(p) => p.connect_timeout(),
                 Backend::Echo | Backend::Workers(_) => Duration::from_secs(5),
             })),
             hub: match &cfg.backend {
