@@ -13,8 +13,34 @@ use std::net::SocketAddr;
 use std::time::Duration;
 pub use upstream::{Host, Upstreams};
 
-pub use crate::config::{Announce, UpstreamNet};
 pub use crate::engine::backend::{Backend, UpstreamChoice, UpstreamPolicy};
+
+/// How the gate connects to an upstream server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UpstreamNet {
+    /// Plain TCP.
+    #[default]
+    Tcp,
+    /// SCP over TCP, so that the gate-to-upstream link survives reconnects too.
+    Scp,
+}
+
+/// What the gate sends first on a new upstream connection so that the
+/// backend learns the client's real address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Announce {
+    /// Nothing.
+    #[default]
+    None,
+    /// goscon's sproto `announce{remote_addr, local_addr}` message, with this
+    /// package type. Written `sproto:<type>`.
+    Sproto {
+        /// The sproto package `type` field.
+        type_: u32,
+    },
+    /// A PROXY protocol v2 header. Written `proxy-v2`.
+    ProxyV2,
+}
 
 impl Announce {
     /// The first bytes of a new upstream stream for a client at `client`
