@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::gate::{Announce, UpstreamNet};
+
 /// Why settings could not be read or are not acceptable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -114,6 +116,7 @@ pub struct ServeConfig {
     /// limit per shard, so shards × this is what one process can hold.
     pub direct_table: usize,
     /// What to tell an upstream about the client's address.
+    #[serde(with = "text")]
     pub announce: Announce,
     /// Where sessions are proxied to.
     pub upstream: UpstreamConfig,
@@ -150,6 +153,7 @@ impl Default for ServeConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// How the gate talks to upstreams. Default `tcp`.
+    #[serde(with = "text")]
     pub net: UpstreamNet,
     /// The servers. A client's `targetServer` picks among those with that
     /// name; otherwise one is drawn at random by weight.
@@ -170,16 +174,8 @@ impl Default for UpstreamConfig {
     }
 }
 
-/// How the gate connects to an upstream server.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum UpstreamNet {
-    /// Plain TCP.
-    #[default]
-    Tcp,
-    /// SCP over TCP, so that the gate-to-upstream link survives reconnects too.
-    Scp,
-}
+// Announce and UpstreamNet belong to the gate; their spelling in settings
+// files and on the command line (FromStr, Display) is defined here.
 
 impl FromStr for UpstreamNet {
     type Err = ConfigError;
@@ -238,24 +234,6 @@ pub struct UpstreamHost {
 
 fn default_weight() -> u32 {
     1
-}
-
-/// What the gate sends first on a new upstream connection so that the
-/// backend learns the client's real address.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum Announce {
-    /// Nothing.
-    #[default]
-    None,
-    /// goscon's sproto `announce{remote_addr, local_addr}` message, with this
-    /// package type. Written `sproto:<type>`.
-    Sproto {
-        /// The sproto package `type` field.
-        type_: u32,
-    },
-    /// A PROXY protocol v2 header. Written `proxy-v2`.
-    ProxyV2,
 }
 
 impl FromStr for Announce {
@@ -486,6 +464,27 @@ pub(crate) fn in_file(
         path: path.to_owned(),
         source: Box::new(e),
     })
+}
+
+/// Serde for a value written as a string: printed with `Display`, read
+/// with `FromStr` (for the gate's types, which know nothing of serde).
+mod text {
+    use serde::{Deserialize, Deserializer, Serializer, de};
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    pub(super) fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub(super) fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
 }
 
 /// Serde for a required duration: integer seconds or a human string in,

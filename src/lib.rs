@@ -5,16 +5,23 @@
 //! wire-compatible with goscon), and hands the byte stream to an upstream
 //! server or to the embedding program's worker threads.
 //!
-//! Layers, each knowing nothing of those above it:
+//! Modules, each using only those listed before it (client not gate
+//! either), so the arrows point one way: proto <- engine <- gate <- config
+//! <- cli, with client beside gate. `tests/layers.rs` checks it.
 //! - [`proto`]: sans-IO protocol code (crypto, SCP handshake, sessions,
-//!   replay window, frame codecs).
-//! - [`engine`]: io_uring, thread per core: shards, rings, timers, buffers.
-//! - [`gate`]: what a session is connected to (an upstream, the echo, or
-//!   the embedding program's worker threads).
-//! - [`client`]: the client side over real sockets.
+//!   replay window, frame codecs). Names no other module.
+//! - [`engine`]: io_uring, thread per core: shards, rings, timers, buffers,
+//!   session ids, and the shape of what a session is connected to
+//!   ([`engine::Backend`], [`engine::UpstreamPolicy`], the worker queues).
+//!   Uses proto.
+//! - [`gate`]: what a session is connected to: the proxy-mode decisions
+//!   ([`gate::Proxy`], an upstream policy) and the embedded front end.
+//!   Uses engine and proto.
+//! - [`client`]: the client side over real sockets. Uses engine and proto.
 //! - [`config`]: the settings of `ringgate serve`, from ringgate's TOML or a
-//!   goscon `config.yaml`.
-//! - [`cli`]: the `ringgate` command line.
+//!   goscon `config.yaml`, turned into an engine config with a gate backend.
+//!   Uses gate, engine and proto.
+//! - [`cli`]: the `ringgate` command line. Uses all of the above.
 //!
 //! To run the gate inside your own process, use [`gate::embedded`]: a
 //! [`Builder`](gate::embedded::Builder) starts the shards and hands each

@@ -6,7 +6,7 @@ use clap::Parser;
 use ringgate::cli::{Cli, Command, init_logging};
 use ringgate::client::loadgen;
 use ringgate::engine::{self, Gate};
-use ringgate::gate::Backend;
+use ringgate::gate::{Backend, UpstreamNet};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -77,8 +77,12 @@ fn run(what: &str, cfg: engine::Config) -> ExitCode {
         Backend::Echo => "built-in echo".to_string(),
         Backend::Proxy(p) => format!(
             "{} upstream host(s) over {}",
-            p.upstreams.hosts().len(),
-            p.net
+            p.host_count(),
+            if p.scp() {
+                UpstreamNet::Scp
+            } else {
+                UpstreamNet::Tcp
+            }
         ),
         Backend::Workers(_) => "worker threads".to_string(),
     };

@@ -3,25 +3,28 @@
 //! A shard is one pinned thread with its own ring, connection and session
 //! slabs, timers and provided buffers; it listens on the shared address with
 //! SO_REUSEPORT and accepts into the ring's table of direct descriptors.
-//! Session ids carry their owning shard in their low bits; a resume that
+//! Session ids carry their owning shard in their low bits ([`IdSpace`]); a resume that
 //! the kernel delivered to another shard is handed to the owner with
 //! `IORING_OP_MSG_RING` together with the bytes already read.
 
+pub mod backend;
 pub(crate) mod bufring;
 pub mod endpoint;
 pub mod outbound;
 pub mod ring;
 pub mod session;
+pub mod session_id;
 mod shard;
 pub mod sys;
 pub mod timer;
 pub mod token;
+pub mod workers;
 
+pub use backend::{Backend, UpstreamChoice, UpstreamPolicy};
+pub use session_id::{IdSpace, SessionId};
 pub use shard::CloseReason;
 pub use sys::SetupError;
 
-use crate::gate::Backend;
-use crate::gate::embedded::Command;
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,6 +34,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tracing::error;
+use workers::Command;
 
 /// Everything a gate needs to run.
 #[derive(Debug, Clone)]

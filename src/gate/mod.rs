@@ -2,16 +2,45 @@
 //! application's worker threads ([`embedded`] mode) or the built-in echo.
 //!
 //! This module holds the decisions — which upstream, what to announce — and
-//! no I/O: the engine's shards drive the sockets.
+//! no I/O: the engine's shards drive the sockets and ask [`Proxy`], through
+//! the engine's [`UpstreamPolicy`], what to do.
 
 pub mod embedded;
 pub mod upstream;
 
+use rand::RngCore;
 use std::net::SocketAddr;
 use std::time::Duration;
 pub use upstream::{Host, Upstreams};
 
-pub use crate::config::{Announce, UpstreamNet};
+pub use crate::engine::backend::{Backend, UpstreamChoice, UpstreamPolicy};
+
+/// How the gate connects to an upstream server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UpstreamNet {
+    /// Plain TCP.
+    #[default]
+    Tcp,
+    /// SCP over TCP, so that the gate-to-upstream link survives reconnects too.
+    Scp,
+}
+
+/// What the gate sends first on a new upstream connection so that the
+/// backend learns the client's real address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Announce {
+    /// Nothing.
+    #[default]
+    None,
+    /// goscon's sproto `announce{remote_addr, local_addr}` message, with this
+    /// package type. Written `sproto:<type>`.
+    Sproto {
+        /// The sproto package `type` field.
+        type_: u32,
+    },
+    /// A PROXY protocol v2 header. Written `proxy-v2`.
+    ProxyV2,
+}
 
 impl Announce {
     /// The first bytes of a new upstream stream for a client at `client`
@@ -29,7 +58,7 @@ impl Announce {
     }
 }
 
-/// Proxy mode settings.
+/// Proxy mode settings; the shards read them through [`UpstreamPolicy`].
 #[derive(Debug, Clone)]
 pub struct Proxy {
     /// Where sessions go.
@@ -42,14 +71,32 @@ pub struct Proxy {
     pub connect_timeout: Duration,
 }
 
-/// The far side of every session of a gate.
-#[derive(Debug, Clone)]
-pub enum Backend {
-    /// Each session's bytes are sent back to it (no upstream configured).
-    Echo,
-    /// Each session gets its own upstream connection.
-    Proxy(std::sync::Arc<Proxy>),
-    /// Each session's frames go to worker threads ([`embedded`] mode; made
-    /// by [`embedded::Builder`]).
-    Workers(std::sync::Arc<embedded::WorkerHub>),
+impl UpstreamPolicy for Proxy {
+    fn candidates(&self, target: Option<&str>, mut rng: &mut dyn RngCore) -> Vec<UpstreamChoice> {
+        let hosts = self.upstreams.hosts();
+        self.upstreams
+            .order(target, &mut rng)
+            .into_iter()
+            .map(|host| UpstreamChoice {
+                host,
+                addr: hosts[host].addr,
+            })
+            .collect()
+    }
+
+    fn scp(&self) -> bool {
+        self.net == UpstreamNet::Scp
+    }
+
+    fn announcement(&self, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+        self.announce.bytes(client, local)
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    fn host_count(&self) -> usize {
+        self.upstreams.hosts().len()
+    }
 }

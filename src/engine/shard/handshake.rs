@@ -65,25 +65,12 @@ impl Shard {
     }
 
     pub(super) fn alloc_id(&mut self) -> Option<u32> {
-        // Low bits name the shard; the rest count. Skip ids still in use after wrap.
-        let max_counter = u32::MAX >> self.id_bits;
-        for _ in 0..1024 {
-            let counter = self.next_id;
-            self.next_id = if self.next_id >= max_counter {
-                1
-            } else {
-                self.next_id + 1
-            };
-            let id = (counter << self.id_bits) | self.index as u32;
-            if id != 0 && !self.by_id.contains_key(&id) {
-                return Some(id);
-            }
-        }
-        None
+        let by_id = &self.by_id;
+        self.ids.next(|id| by_id.contains_key(&id))
     }
 
     pub(super) fn owner_of(&self, id: u32) -> usize {
-        (id & ((1u32 << self.id_bits) - 1)) as usize
+        self.ids.space().owner(id)
     }
 
     pub(super) fn new_session(

@@ -13,14 +13,15 @@ mod relay;
 mod upstream;
 mod workers;
 
+use super::backend::{Backend, UpstreamChoice, UpstreamPolicy};
 use super::bufring::BufRing;
 use super::outbound::{Outbound, PlainQueue, SendMeta};
+use super::session_id::{IdAllocator, IdSpace};
 use super::sys::{self, RawAddr};
 use super::timer::{DeadlineQueue, Entry as TimerEntry};
 use super::token::{self, Op};
+use super::workers::{Command, Encoded, Event, WorkerHub};
 use super::{Config, Handoff, Shared};
-use crate::gate::embedded::{Command, Encoded, Event, WorkerHub};
-use crate::gate::{Backend, Proxy, UpstreamNet};
 use crate::proto::client::{ClientEvent, ClientHandshake};
 use crate::proto::frame::FrameDecoder;
 use crate::proto::message::{ReuseConnReq, Status};
@@ -152,7 +153,7 @@ struct UpLink {
     slot: Option<u32>,
     state: UpState,
     /// Hosts still to try, in order.
-    tries: Vec<usize>,
+    tries: Vec<UpstreamChoice>,
     addr: Box<RawAddr>,
     addr_len: u32,
     out: Option<Outbound>,
@@ -223,8 +224,7 @@ pub struct Shard {
     sessions: Slab<Sess>,
     by_id: HashMap<u32, usize>,
     next_epoch: u32,
-    next_id: u32,
-    id_bits: u32,
+    ids: IdAllocator,
     handshaking: usize,
     hs_timers: DeadlineQueue,
     reuse_timers: DeadlineQueue,
@@ -325,7 +325,6 @@ impl Shard {
         let table = sys::register_direct_table(&ring, wanted)?;
         let bufs =
             sys::register_buffers(&ring, cfg.recv_buffers_per_shard(), cfg.recv_buffer_size)?;
-        let id_bits = usize::BITS - (cfg.shards.max(1) - 1).leading_zeros();
         Ok(Shard {
             ring,
             bufs,
@@ -335,7 +334,7 @@ impl Shard {
             idle_timers: cfg.idle_timeout.map(DeadlineQueue::new),
             tick_ts: Box::new(types::Timespec::from(TICK)),
             connect_ts: Box::new(types::Timespec::from(match &cfg.backend {
-                Backend::Proxy(p) => p.connect_timeout,
+                Backend::Proxy(p) => p.connect_timeout(),
                 Backend::Echo | Backend::Workers(_) => Duration::from_secs(5),
             })),
             hub: match &cfg.backend {
@@ -344,6 +343,7 @@ impl Shard {
             },
             worker_waiting: Vec::new(),
             worker_broken: Vec::new(),
+            ids: IdAllocator::new(IdSpace::new(cfg.shards), index),
             cfg,
             shared,
             listener,
@@ -352,8 +352,6 @@ impl Shard {
             sessions: Slab::new(),
             by_id: HashMap::new(),
             next_epoch: 1,
-            next_id: 1,
-            id_bits,
             handshaking: 0,
             rearm_conns: Vec::new(),
             rearm_ups: Vec::new(),

@@ -3,7 +3,7 @@
 use super::*;
 
 impl Shard {
-    pub(super) fn proxy(&self) -> Option<Arc<Proxy>> {
+    pub(super) fn proxy(&self) -> Option<Arc<dyn UpstreamPolicy>> {
         match &self.cfg.backend {
             Backend::Proxy(p) => Some(p.clone()),
             Backend::Echo | Backend::Workers(_) => None,
@@ -17,14 +17,13 @@ impl Shard {
         }
         let Some(proxy) = self.proxy() else { return };
         let s = &self.sessions[si];
-        let tries: Vec<usize> = proxy
-            .upstreams
-            .order(s.target.as_deref(), &mut self.rng)
+        let tries: Vec<UpstreamChoice> = proxy
+            .candidates(s.target.as_deref(), &mut self.rng)
             .into_iter()
             .rev()
             .collect();
         let epoch = self.new_epoch();
-        let plain = matches!(proxy.net, UpstreamNet::Tcp);
+        let plain = !proxy.scp();
         let mut up = Box::new(UpLink {
             epoch,
             slot: None,
@@ -44,19 +43,19 @@ impl Shard {
             eof: false,
         });
         if let Some(out) = up.out.as_mut() {
-            self.announce_into(si, out, &proxy);
+            self.announce_into(si, out, &*proxy);
         }
         self.sessions[si].peer = Peer::Up(up);
         self.connect_next(si);
     }
 
-    pub(super) fn announce_into(&self, si: usize, out: &mut Outbound, proxy: &Proxy) {
+    pub(super) fn announce_into(&self, si: usize, out: &mut Outbound, proxy: &dyn UpstreamPolicy) {
         let s = &self.sessions[si];
         if s.flag & 1 != 0 {
             return;
         }
         let Some(client) = s.client_addr else { return };
-        let bytes = proxy.announce.bytes(client, self.local);
+        let bytes = proxy.announcement(client, self.local);
         out.push(&bytes);
     }
 
@@ -70,11 +69,10 @@ impl Shard {
     }
 
     pub(super) fn connect_next(&mut self, si: usize) {
-        let Some(proxy) = self.proxy() else { return };
         let Peer::Up(up) = &mut self.sessions[si].peer else {
             return;
         };
-        let Some(host) = up.tries.pop() else {
+        let Some(next) = up.tries.pop() else {
             warn!(
                 shard = self.index,
                 session = self.sessions[si].id,
@@ -87,7 +85,7 @@ impl Shard {
             self.close_session(si, CloseReason::UpstreamUnreachable);
             return;
         };
-        let addr = proxy.upstreams.hosts()[host].addr;
+        let addr = next.addr;
         let (raw, len) = RawAddr::from_socket_addr(addr);
         *up.addr = raw;
         up.addr_len = len;
@@ -166,14 +164,13 @@ impl Shard {
             return;
         }
         debug!(shard, session = id, "upstream connected");
-        match proxy.net {
-            UpstreamNet::Tcp => up.state = UpState::Open,
-            UpstreamNet::Scp => {
-                let random: u64 = self.rng.random();
-                let mut hs = Box::new(ClientHandshake::new_session(random, None, None));
-                up.hs_out = hs.take_output();
-                up.state = UpState::Handshake(hs);
-            }
+        if proxy.scp() {
+            let random: u64 = self.rng.random();
+            let mut hs = Box::new(ClientHandshake::new_session(random, None, None));
+            up.hs_out = hs.take_output();
+            up.state = UpState::Handshake(hs);
+        } else {
+            up.state = UpState::Open;
         }
         self.arm_up_recv_if(si, epoch);
         self.flush_up(si);
@@ -293,7 +290,7 @@ impl Shard {
                     let mut out = Outbound::Scp(Box::new(session));
                     up.state = UpState::Open;
                     if let Some(proxy) = self.proxy() {
-                        self.announce_into(si, &mut out, &proxy);
+                        self.announce_into(si, &mut out, &*proxy);
                     }
                     let Peer::Up(up) = &mut self.sessions[si].peer else {
                         return;
