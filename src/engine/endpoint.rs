@@ -65,6 +65,8 @@ pub struct Endpoint {
     slot: u32,
     recv: Recv,
     send: Option<OpId>,
+    /// The owner had no room last time it said.
+    held: bool,
     closed: bool,
 }
 
@@ -75,6 +77,7 @@ impl Endpoint {
             slot,
             recv: Recv::Idle,
             send: None,
+            held: false,
             closed: false,
         }
     }
@@ -110,6 +113,8 @@ impl Endpoint {
 
     /// Brings the receive in line with `room`, the bytes the owner can take
     /// now: none ends the armed receive; some arms one when none is armed.
+    /// Returns true when this stops reading that had room before (a
+    /// back-pressure pause, for the counters).
     pub fn sync_recv<T: Copy>(
         &mut self,
         d: &mut Driver<T>,
@@ -117,10 +122,12 @@ impl Endpoint {
         policy: &RecvPolicy,
         room: usize,
         tag: T,
-    ) {
+    ) -> bool {
         if self.closed {
-            return;
+            return false;
         }
+        let paused = room == 0 && !self.held;
+        self.held = room == 0;
         match self.recv {
             Recv::Armed(op) if room == 0 => {
                 d.cancel(op);
@@ -137,6 +144,7 @@ impl Endpoint {
             }
             _ => {}
         }
+        paused
     }
 
     /// Ends the receive so that no byte is read after this (before a hand-over).

@@ -17,12 +17,11 @@ pub mod session_id;
 mod shard;
 pub mod sys;
 pub mod timer;
-pub mod token;
 pub mod workers;
 
 pub use backend::{Backend, UpstreamChoice, UpstreamPolicy};
+pub use session::CloseReason;
 pub use session_id::{IdSpace, SessionId};
-pub use shard::CloseReason;
 pub use sys::SetupError;
 
 use crossbeam_queue::{ArrayQueue, SegQueue};
@@ -305,10 +304,26 @@ impl Drop for Shared {
     }
 }
 
+/// Entries of each shard's submission queue.
+const RING_ENTRIES: u32 = 4096;
+
+/// An exited shard's ring (and the receive buffers its operations may still
+/// name), kept open until every shard has exited. Dropped in field order:
+/// the ring first.
+struct ShardRing(
+    #[allow(dead_code)] ring::Driver<shard::Tag>,
+    #[allow(dead_code)] ring::BufRing,
+);
+
+// SAFETY: the shard thread that used these has exited and kept no other
+// handle to them (no buffer guard outlives a completion), so moving them to
+// the joining thread, which only drops them, shares nothing.
+unsafe impl Send for ShardRing {}
+
 /// A running gate.
 pub struct Gate {
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<Option<ShardRing>>>,
     local: SocketAddr,
 }
 
@@ -364,7 +379,9 @@ impl Gate {
 
         // Each ring is created in its own thread (it becomes the ring's only
         // submitter); the threads wait until all rings exist, since any shard
-        // may message any other.
+        // may message any other. A shard gives its ring back when it exits:
+        // it stays open until every shard has stopped, so a late hand-over
+        // never reaches a closed (or reused) descriptor number.
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), SetupError>>();
         let mut go = Vec::with_capacity(shards);
         let mut threads = Vec::with_capacity(shards);
@@ -380,29 +397,39 @@ impl Gate {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    let built = sys::build_ring(4096).and_then(|ring| {
-                        shared.shards[index]
-                            .ring_fd
-                            .store(ring.as_raw_fd(), Ordering::Release);
-                        shard::Shard::new(index, ring, cfg, shared.clone(), listen_fd, local)
-                    });
+                    let built = ring::build(RING_ENTRIES)
+                        .map_err(|e| {
+                            if ring::is_unavailable(&e) {
+                                SetupError::Unavailable(e)
+                            } else {
+                                SetupError::Other(format!("cannot create an io_uring: {e}"))
+                            }
+                        })
+                        .and_then(|ring| {
+                            shared.shards[index]
+                                .ring_fd
+                                .store(ring.as_raw_fd(), Ordering::Release);
+                            shard::Shard::new(index, ring, cfg, shared.clone(), listen_fd, local)
+                        });
                     let shard = match built {
                         Ok(s) => {
                             let _ = ready_tx.send(Ok(()));
                             s
                         }
                         Err(e) => {
+                            shared.shards[index].ring_fd.store(-1, Ordering::Release);
                             let _ = ready_tx.send(Err(e));
                             // SAFETY: our listener fd, unused elsewhere.
                             unsafe { libc::close(listen_fd) };
-                            return;
+                            return None;
                         }
                     };
-                    if go_rx.recv() == Ok(true) {
-                        shard.run();
-                    }
-                    // SAFETY: as above; the ring that used it is dropped.
+                    let ring = (go_rx.recv() == Ok(true)).then(|| shard.run());
+                    // Other shards stop handing connections to this one.
+                    shared.shards[index].ring_fd.store(-1, Ordering::Release);
+                    // SAFETY: as above; the ring that used it no longer accepts.
                     unsafe { libc::close(listen_fd) };
+                    ring.map(|(d, bufs)| ShardRing(d, bufs))
                 })
                 .map_err(|e| SetupError::Other(format!("cannot start a shard thread: {e}")))?;
             threads.push(t);
@@ -470,11 +497,19 @@ impl Gate {
 
     /// Waits until every shard has exited.
     pub fn join(mut self) {
+        self.join_all();
+    }
+
+    fn join_all(&mut self) {
+        // Rings are dropped only once every shard has stopped (see `start`).
+        let mut rings = Vec::with_capacity(self.threads.len());
         for t in self.threads.drain(..) {
-            if t.join().is_err() {
-                error!("a shard thread panicked");
+            match t.join() {
+                Ok(ring) => rings.push(ring),
+                Err(_) => error!("a shard thread panicked"),
             }
         }
+        drop(rings);
     }
 }
 
@@ -482,9 +517,7 @@ impl Drop for Gate {
     fn drop(&mut self) {
         if !self.threads.is_empty() {
             self.shutdown();
-            for t in self.threads.drain(..) {
-                let _ = t.join();
-            }
+            self.join_all();
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The bytes waiting to go out on one connection, and how to send them.
+//! The bytes waiting to go out on one side of a session.
 //!
 //! A session's client side is [`Outbound::Scp`]: plaintext is encrypted
 //! straight into the replay window and sent from there, so the window is the
@@ -7,24 +7,6 @@
 //! the kernel reads it.
 
 use crate::proto::session::Session;
-use io_uring::{opcode, squeue, types};
-
-/// Most pieces one send gathers.
-const MAX_IOV: usize = 16;
-
-/// msghdr + iovecs of one in-flight `sendmsg`, boxed so it stays put.
-pub struct SendMeta {
-    hdr: libc::msghdr,
-    iov: [libc::iovec; MAX_IOV],
-}
-
-impl SendMeta {
-    /// An empty, boxed header.
-    pub fn boxed() -> Box<SendMeta> {
-        // SAFETY: msghdr and iovec are plain C structs for which all-zero is valid.
-        Box::new(unsafe { std::mem::zeroed() })
-    }
-}
 
 /// A bounded byte queue: appends go to `pending`; a send takes all of
 /// `pending` as `inflight`, which is left untouched until the send completes.
@@ -59,16 +41,6 @@ pub enum Outbound {
     Plain(PlainQueue),
 }
 
-/// A send ready to submit.
-pub struct SendOp {
-    /// The SQE (user data still to set).
-    pub entry: squeue::Entry,
-    /// Bytes it covers.
-    pub len: usize,
-    /// Header memory that must live until completion, if `sendmsg` was used.
-    pub meta: Option<Box<SendMeta>>,
-}
-
 impl Outbound {
     /// How many more bytes [`push`](Self::push) would take now.
     pub fn free_space(&self) -> usize {
@@ -95,78 +67,6 @@ impl Outbound {
         match self {
             Outbound::Scp(s) => s.window().unsent(),
             Outbound::Plain(q) => q.unsent(),
-        }
-    }
-
-    /// Builds the next send of the bytes after `in_flight` unsent bytes that
-    /// an earlier send already covers, or `None` when there is nothing new.
-    pub fn next_send(
-        &mut self,
-        fd: types::Fixed,
-        in_flight: usize,
-        pool: &mut Vec<Box<SendMeta>>,
-    ) -> Option<SendOp> {
-        match self {
-            Outbound::Plain(q) => {
-                if in_flight > 0 {
-                    return None; // one send at a time: `inflight` must not change under it
-                }
-                if q.inflight_done == q.inflight.len() {
-                    q.inflight.clear();
-                    q.inflight_done = 0;
-                    if q.pending.is_empty() {
-                        return None;
-                    }
-                    std::mem::swap(&mut q.pending, &mut q.inflight);
-                }
-                let rest = &q.inflight[q.inflight_done..];
-                let entry = opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32).build();
-                Some(SendOp {
-                    entry,
-                    len: rest.len(),
-                    meta: None,
-                })
-            }
-            Outbound::Scp(s) => {
-                let w = s.window();
-                let from = w.flushed() + in_flight as u64;
-                if from >= w.written() {
-                    return None;
-                }
-                let mut pieces = w.slices_from(from);
-                let first = pieces.next()?;
-                let Some(second) = pieces.next() else {
-                    let entry = opcode::Send::new(fd, first.as_ptr(), first.len() as u32).build();
-                    return Some(SendOp {
-                        entry,
-                        len: first.len(),
-                        meta: None,
-                    });
-                };
-                let mut meta = pool.pop().unwrap_or_else(SendMeta::boxed);
-                let mut n = 0;
-                let mut len = 0;
-                for piece in std::iter::once(first)
-                    .chain(std::iter::once(second))
-                    .chain(pieces)
-                    .take(MAX_IOV)
-                {
-                    meta.iov[n] = libc::iovec {
-                        iov_base: piece.as_ptr() as *mut _,
-                        iov_len: piece.len(),
-                    };
-                    n += 1;
-                    len += piece.len();
-                }
-                meta.hdr.msg_iov = meta.iov.as_mut_ptr();
-                meta.hdr.msg_iovlen = n;
-                let entry = opcode::SendMsg::new(fd, &meta.hdr as *const libc::msghdr).build();
-                Some(SendOp {
-                    entry,
-                    len,
-                    meta: Some(meta),
-                })
-            }
         }
     }
 

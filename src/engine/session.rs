@@ -19,7 +19,6 @@
 //! most its outbound buffer (the replay window, or `relay_buffer` for a plain
 //! queue) + `relay_buffer` + one receive buffer.
 
-use super::CloseReason;
 use super::outbound::Outbound;
 use crate::proto::client::{ClientEvent, ClientHandshake};
 use crate::proto::frame::{FrameDecoder, FrameError};
@@ -27,6 +26,53 @@ use crate::proto::message::{ReuseConnReq, Status};
 use crate::proto::session::Session;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
+
+/// Why a session (or a connection without one) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed its connection (no resume possible: plain mode).
+    ClientClosed,
+    /// The upstream closed; what it sent was delivered first.
+    UpstreamClosed,
+    /// No upstream could be connected.
+    UpstreamUnreachable,
+    /// The upstream connection failed.
+    UpstreamError,
+    /// The upstream SCP handshake failed.
+    UpstreamHandshake,
+    /// Nobody resumed the session within `reuse_time`.
+    ReuseTimeout,
+    /// The resume asked for more than the replay window holds.
+    ReplayExceeded,
+    /// The application closed it (embedded mode).
+    Kicked,
+    /// The client broke the framing (a frame over the limit, a malformed
+    /// header) (embedded mode).
+    ProtocolError,
+    /// Frames sent to the session outgrew its window and send buffer: the
+    /// client was not reading, or stayed away too long (embedded mode).
+    SendOverflow,
+    /// The gate is shutting down.
+    Shutdown,
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CloseReason::ClientClosed => "client closed",
+            CloseReason::UpstreamClosed => "upstream closed",
+            CloseReason::UpstreamUnreachable => "no upstream reachable",
+            CloseReason::UpstreamError => "upstream connection failed",
+            CloseReason::UpstreamHandshake => "upstream SCP handshake failed",
+            CloseReason::ReuseTimeout => "reuse time ran out",
+            CloseReason::ReplayExceeded => "resume beyond the replay window",
+            CloseReason::Kicked => "kicked by the application",
+            CloseReason::ProtocolError => "client broke the framing",
+            CloseReason::SendOverflow => "outgoing frames overflowed the send buffer",
+            CloseReason::Shutdown => "shutdown",
+        })
+    }
+}
 
 /// What the workers are told about a session (embedded mode), in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +220,27 @@ impl Relay {
     /// The client side's outgoing bytes.
     pub fn client_out(&self) -> &Outbound {
         &self.client
+    }
+
+    /// The client side's next bytes to send (see [`Outbound::next_pieces`]).
+    pub fn client_pieces(&mut self) -> impl Iterator<Item = &[u8]> {
+        self.client.next_pieces()
+    }
+
+    /// The upstream side's next bytes to send, once the link carries the
+    /// stream.
+    pub fn peer_pieces(&mut self) -> Option<impl Iterator<Item = &[u8]>> {
+        match &mut self.peer {
+            Peer::Upstream(u) if matches!(u.state, UpState::Open) => {
+                u.out.as_mut().map(|o| o.next_pieces())
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the peer side has ended (its link may be closed).
+    pub fn peer_ended(&self) -> bool {
+        matches!(&self.peer, Peer::Upstream(u) if u.eof || matches!(u.state, UpState::Closed))
     }
 
     /// The client side, to take it away (a closing session whose send is

@@ -119,6 +119,7 @@ impl Encoded {
     }
 
     /// Bytes on the wire.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.head_len as usize + self.payload.len() + self.comma as usize
     }

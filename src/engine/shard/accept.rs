@@ -1,6 +1,10 @@
-//! Accepting connections: multishot accept into direct descriptors, the peer address, new connection entries.
+//! Accepting connections: multishot accept into direct descriptors, the
+//! peer address, new connection entries.
 
 use super::*;
+use crate::engine::ring::Owned;
+use crate::engine::sys::RawAddr;
+use io_uring::opcode;
 
 impl Shard {
     /// Arms accepting as the table's free slots allow: one multishot
@@ -10,15 +14,15 @@ impl Shard {
     /// reserve, none (clients wait in the backlog).
     pub(super) fn arm_accept(&mut self) {
         let free = self.table.saturating_sub(self.slots);
-        let ud = token::encode(Op::Accept, 0, 0);
+        let tag = Some(Tag::shard(Op::Accept));
         if free > self.reserve + LISTEN_BACKLOG as usize {
-            if self.accepts_pending == 0 {
+            if self.accepts.is_empty() {
                 self.accept_multishot = true;
                 let e = opcode::AcceptMulti::new(types::Fd(self.listener))
                     .allocate_file_index(true)
                     .build();
-                self.push(e.user_data(ud));
-                self.accepts_pending = 1;
+                let op = self.d.push(e, tag, Owned::None);
+                self.accepts.push(op);
             }
             self.accept_paused = false;
             return;
@@ -27,15 +31,12 @@ impl Shard {
             return; // being switched off; single-shot accepts start after it ends
         }
         let room = free.saturating_sub(self.reserve).min(SINGLE_ACCEPTS);
-        if room == 0 && self.accepts_pending == 0 && !self.accept_paused {
+        if room == 0 && self.accepts.is_empty() && !self.accept_paused {
             self.accept_paused = true;
-            self.shared.shards[self.index]
-                .stats
-                .accept_pauses
-                .fetch_add(1, Ordering::Relaxed);
+            self.count(|s| &s.accept_pauses);
             self.warn_limit("direct descriptor table nearly full: accepting paused until connections close; add shards or raise the fd limit");
         }
-        while self.accepts_pending < room {
+        while self.accepts.len() < room {
             let e = opcode::Accept::new(
                 types::Fd(self.listener),
                 std::ptr::null_mut(),
@@ -43,42 +44,42 @@ impl Shard {
             )
             .file_index(Some(types::DestinationSlot::auto_target()))
             .build();
-            self.push(e.user_data(ud));
-            self.accepts_pending += 1;
+            let op = self.d.push(e, tag, Owned::None);
+            self.accepts.push(op);
             self.accept_paused = false;
         }
     }
 
-    pub(super) fn on_accept(&mut self, res: i32, flags: u32) {
-        if !is_more(flags) {
-            self.accepts_pending = self.accepts_pending.saturating_sub(1);
-            if self.accepts_pending == 0 {
+    pub(super) fn on_accept(&mut self, c: &Completion<Tag>) {
+        if !c.more() {
+            self.accepts.retain(|&op| op != c.op);
+            if self.accepts.is_empty() {
                 self.accept_multishot = false;
                 self.accept_switching = false;
             }
         }
-        if res < 0 {
-            match -res {
+        if c.result < 0 {
+            match -c.result {
                 libc::ECANCELED => {}
-                libc::ENFILE | libc::EMFILE => {
-                    self.warn_limit("direct descriptor table full: connections are being refused; raise the fd limit or add shards")
-                }
-                e => debug!(shard = self.index, "accept failed: {}", std::io::Error::from_raw_os_error(e)),
+                libc::ENFILE | libc::EMFILE => self.warn_limit(
+                    "the shard's direct descriptor table is full: connections are being refused; raise the fd limit or add shards",
+                ),
+                e => debug!(
+                    shard = self.index,
+                    "accept failed: {}",
+                    std::io::Error::from_raw_os_error(e)
+                ),
             }
             return;
         }
-        let slot = res as u32;
-        self.shared.shards[self.index]
-            .stats
-            .accepted
-            .fetch_add(1, Ordering::Relaxed);
+        let slot = c.result as u32;
+        self.count(|s| &s.accepted);
         if self.stopping.is_some() {
             self.close_slot(slot);
             return;
         }
         let scp = self.cfg.scp;
-        if scp
-            && self.handshaking >= (self.cfg.max_pending_handshakes / self.cfg.shards.max(1)).max(1)
+        if scp && self.greeting >= (self.cfg.max_pending_handshakes / self.cfg.shards.max(1)).max(1)
         {
             self.warn_limit("max_pending_handshakes reached: new connections are being closed");
             self.close_slot(slot);
@@ -89,21 +90,12 @@ impl Shard {
             self.close_slot(slot);
             return;
         }
-        let ci = self.new_conn(
-            slot,
-            None,
-            if scp {
-                ConnState::Handshake(Box::default())
-            } else {
-                ConnState::Dead
-            },
-        );
-        if scp {
-            self.handshaking += 1;
-            let epoch = self.conns[ci].epoch;
-            self.hs_timers
-                .push(Instant::now(), TimerEntry { index: ci, epoch });
-        }
+        let state = if scp {
+            ConnState::Greeting(Box::default())
+        } else {
+            ConnState::Opening
+        };
+        let ci = self.new_conn(slot, None, state);
         // Reading starts once the peer address is known, so that a session
         // (and its upstream announcement) always has it.
         self.request_peername(ci);
@@ -113,17 +105,7 @@ impl Shard {
         (self.cfg.max_sessions / self.cfg.shards.max(1)).max(1)
     }
 
-    pub(super) fn warn_limit(&mut self, what: &str) {
-        let now = Instant::now();
-        if self
-            .last_limit_warn
-            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
-        {
-            self.last_limit_warn = Some(now);
-            warn!(shard = self.index, "{what}");
-        }
-    }
-
+    /// A new connection entry (greeting connections get a handshake timer).
     pub(super) fn new_conn(
         &mut self,
         slot: u32,
@@ -131,54 +113,54 @@ impl Shard {
         state: ConnState,
     ) -> usize {
         let epoch = self.new_epoch();
+        let greeting = matches!(state, ConnState::Greeting(_));
         let ci = self.conns.insert(Conn {
             epoch,
-            slot,
+            ep: Endpoint::new(slot),
             peer,
-            addr: Box::default(),
             state,
-            ops: 0,
-            recv_armed: false,
-            paused: false,
-            closing: false,
-            send_len: 0,
-            send_sess: None,
-            send_meta: None,
-            hs_out: Vec::new(),
-            hs_sent: 0,
-            hs_sending: false,
-            raw_in: Vec::new(),
+            answer: Vec::new(),
+            sending_session: false,
             last_rx: Instant::now(),
         });
+        let now = Instant::now();
+        let timer = crate::engine::timer::Entry { index: ci, epoch };
+        if greeting {
+            self.greeting += 1;
+            self.hs_timers.push(now, timer);
+        }
         if let Some(idle) = self.idle_timers.as_mut() {
-            idle.push(Instant::now(), TimerEntry { index: ci, epoch });
+            idle.push(now, timer);
         }
         ci
     }
 
-    pub(super) fn request_peername(&mut self, ci: usize) {
+    fn request_peername(&mut self, ci: usize) {
         let len = RawAddr::len_for(&self.local);
         let c = &mut self.conns[ci];
-        c.ops += 1;
-        let e = sys::peername_entry(types::Fixed(c.slot), c.addr.as_mut_ptr(), len)
-            .user_data(token::encode(Op::PeerName, ci, c.epoch));
-        self.push(e);
+        let mut addr = Box::<RawAddr>::default();
+        let e = sys::peername_entry(types::Fixed(c.ep.slot()), addr.as_mut_ptr(), len);
+        let tag = Tag::new(Op::PeerName, ci, c.epoch);
+        self.d.push(e, Some(tag), Owned::Addr(addr));
     }
 
-    pub(super) fn on_peername(&mut self, ci: usize, epoch: u32, res: i32) {
-        let Some(c) = self.conns.get_mut(ci).filter(|c| c.epoch == epoch) else {
+    pub(super) fn on_peername(&mut self, ci: usize, epoch: u32, c: Completion<Tag>) {
+        let Some(conn) = self.conn_mut(ci, epoch) else {
             return;
         };
-        c.ops -= 1;
-        if res > 0 {
-            c.peer = c.addr.to_socket_addr();
-        }
-        if !c.closing {
-            if !self.cfg.scp {
-                self.open_plain_session(ci);
+        if c.result > 0 {
+            if let Owned::Addr(addr) = &c.mem {
+                conn.peer = addr.to_socket_addr();
             }
-            self.arm_recv(ci);
         }
-        self.maybe_free_conn(ci);
+        if !self.cfg.scp {
+            self.open_plain_session(ci);
+        }
+        self.sync_conn(ci);
+    }
+
+    /// The connection entry `ci` if it is still the one with `epoch`.
+    pub(super) fn conn_mut(&mut self, ci: usize, epoch: u32) -> Option<&mut Conn> {
+        self.conns.get_mut(ci).filter(|c| c.epoch == epoch)
     }
 }

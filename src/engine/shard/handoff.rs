@@ -1,105 +1,94 @@
-//! Handing a resume to the shard that owns its session: the connection's direct descriptor travels with `IORING_OP_MSG_RING`, the bytes already read through the target's inbox.
+//! Handing a resume to the shard that owns its session: the connection's
+//! direct descriptor travels with `IORING_OP_MSG_RING`, the bytes already
+//! read through the target's inbox.
 
 use super::*;
+use io_uring::opcode;
 
 impl Shard {
+    /// The resume in connection `ci` belongs to shard `target`: stop
+    /// reading (so no byte is read here after the copy that travels), then
+    /// send it over.
     pub(super) fn hand_off(&mut self, ci: usize, target: usize) {
-        self.end_handshake(ci);
-        let c = &mut self.conns[ci];
-        c.state = ConnState::HandingOff {
+        let raw = self.end_greeting(ci).map(|g| g.raw).unwrap_or_default();
+        self.conns[ci].state = ConnState::HandingOff {
             target,
-            recv_ended: !c.recv_armed,
+            raw,
             sent: false,
         };
-        if c.recv_armed {
-            let ud = token::encode(Op::Recv, ci, c.epoch);
-            self.cancel(ud);
-        } else {
-            self.send_handoff(ci);
-        }
-    }
-
-    pub(super) fn on_handoff_recv_end(&mut self, ci: usize, epoch: u32) {
-        let Some(c) = self.conns.get_mut(ci).filter(|c| c.epoch == epoch) else {
-            return;
-        };
-        if let ConnState::HandingOff { recv_ended, .. } = &mut c.state {
-            if !c.recv_armed && !*recv_ended {
-                *recv_ended = true;
-                self.send_handoff(ci);
-            }
-        }
     }
 
     pub(super) fn send_handoff(&mut self, ci: usize) {
-        let c = &mut self.conns[ci];
-        let ConnState::HandingOff { target, sent, .. } = &mut c.state else {
+        let conn = &mut self.conns[ci];
+        let ConnState::HandingOff { target, raw, sent } = &mut conn.state else {
             return;
         };
-        if *sent || c.closing {
+        if *sent {
             return;
         }
         *sent = true;
         let target = *target;
+        let link = &self.shared.shards[target];
+        let ring_fd = link.ring_fd.load(Ordering::Acquire);
+        if ring_fd < 0 {
+            // The owner has stopped.
+            self.finish_with(ci, b"0\n501");
+            return;
+        }
         self.handoff_seq = self.handoff_seq.wrapping_add(1);
         let seq = self.handoff_seq;
-        let msg = Handoff {
+        link.inbox.push(Handoff {
             from: self.index,
             seq,
-            peer: c.peer,
-            bytes: std::mem::take(&mut c.raw_in),
-        };
-        let link = &self.shared.shards[target];
-        link.inbox.push(msg);
-        let ring_fd = link.ring_fd.load(Ordering::Acquire);
-        c.ops += 1;
+            peer: conn.peer,
+            bytes: std::mem::take(raw),
+        });
         let e = opcode::MsgRingSendFd::new(
             types::Fd(ring_fd),
-            types::Fixed(c.slot),
+            types::Fixed(conn.ep.slot()),
             types::DestinationSlot::auto_target(),
-            token::encode(Op::HandoffIn, self.index, seq),
+            handoff_user_data(self.index, seq),
         )
-        .build()
-        .user_data(token::encode(Op::HandoffOut, ci, c.epoch));
-        self.push(e);
+        .build();
+        let tag = Tag::new(Op::HandoffOut, ci, conn.epoch);
+        self.d.push(e, Some(tag), crate::engine::ring::Owned::None);
     }
 
     pub(super) fn on_handoff_out(&mut self, ci: usize, epoch: u32, res: i32) {
-        let Some(c) = self.conns.get_mut(ci).filter(|c| c.epoch == epoch) else {
+        if self.conn_mut(ci, epoch).is_none() {
             return;
-        };
-        c.ops -= 1;
+        }
         if res < 0 {
-            warn!(
-                shard = self.index,
-                "handing a resume to its shard failed: {}",
+            // The owner's table is full (or it is gone). Its inbox entry is
+            // swept there once stale.
+            self.warn_limit(&format!(
+                "handing a resume to its shard failed ({}): answered 501",
                 std::io::Error::from_raw_os_error(-res)
-            );
-            c.state = ConnState::Finishing;
-            let mut out = Vec::new();
-            crate::proto::message::encode_record(b"0\n501", &mut out);
-            c.hs_out = out;
-            self.flush_conn(ci);
+            ));
+            self.finish_with(ci, b"0\n501");
+            self.sync_conn(ci);
         } else {
-            self.shared.shards[self.index]
-                .stats
-                .handoffs_out
-                .fetch_add(1, Ordering::Relaxed);
-            c.state = ConnState::Dead;
+            self.count(|s| &s.handoffs_out);
             self.close_conn(ci);
         }
     }
 
-    pub(super) fn on_handoff_in(&mut self, from: usize, seq: u32, res: i32) {
+    /// Moves hand-over messages from the inbox to the table they are looked
+    /// up in, and drops those whose connection never came.
+    pub(super) fn sweep_inbox(&mut self) {
+        let now = Instant::now();
         while let Some(h) = self.shared.shards[self.index].inbox.pop() {
-            self.handoffs.insert((h.from, h.seq), h);
+            self.handoffs.insert((h.from, h.seq), (now, h));
         }
-        let Some(h) = self.handoffs.remove(&(from, seq)) else {
-            if res >= 0 {
-                self.close_slot(res as u32);
-            }
-            return;
-        };
+        if !self.handoffs.is_empty() {
+            self.handoffs
+                .retain(|_, (at, _)| now.duration_since(*at) < HANDOFF_STALE);
+        }
+    }
+
+    pub(super) fn on_handoff_in(&mut self, from: usize, seq: u32, res: i32) {
+        self.sweep_inbox();
+        let entry = self.handoffs.remove(&(from, seq));
         if res < 0 {
             warn!(
                 shard = self.index,
@@ -108,21 +97,21 @@ impl Shard {
             );
             return;
         }
-        self.shared.shards[self.index]
-            .stats
-            .handoffs_in
-            .fetch_add(1, Ordering::Relaxed);
-        let ci = self.new_conn(res as u32, h.peer, ConnState::Handshake(Box::default()));
-        self.handshaking += 1;
-        let epoch = self.conns[ci].epoch;
-        self.hs_timers
-            .push(Instant::now(), TimerEntry { index: ci, epoch });
+        let Some((_, h)) = entry else {
+            self.close_slot(res as u32);
+            return;
+        };
+        if self.stopping.is_some() {
+            self.close_slot(res as u32);
+            return;
+        }
+        self.count(|s| &s.handoffs_in);
+        let ci = self.new_conn(res as u32, h.peer, ConnState::Greeting(Box::default()));
         let mut bytes = h.bytes;
-        self.handshake_bytes(ci, &mut bytes);
-        if self.conns.get(ci).is_some_and(|c| {
-            !c.closing && matches!(c.state, ConnState::Attached(..) | ConnState::Handshake(_))
-        }) {
-            self.arm_recv(ci);
+        self.greet(ci, &mut bytes);
+        match self.attached(ci) {
+            Some(si) => self.sync(si),
+            None => self.sync_conn(ci),
         }
     }
 }

@@ -1,62 +1,96 @@
-//! The periodic tick (timers), wake-ups from other threads, and shutdown.
+//! The periodic tick (timers, stale hand-overs), wake-ups from other
+//! threads, and shutdown. The tick and the wake-up read stay armed until
+//! the shard exits: a shard that is stopping still needs something to wake
+//! it while its last operations drain.
 
 use super::*;
+use crate::engine::ring::Owned;
+use io_uring::opcode;
+use tracing::info;
 
 impl Shard {
-    pub(super) fn on_tick(&mut self, flags: u32) {
-        if !is_more(flags) && self.stopping.is_none() {
+    /// The housekeeping tick: one multishot timeout, re-armed if it ends.
+    pub(super) fn arm_tick(&mut self) {
+        let ts = Box::new(types::Timespec::from(TICK));
+        let tick = opcode::Timeout::new(&*ts)
+            .count(0)
+            .flags(types::TimeoutFlags::MULTISHOT)
+            .build();
+        self.d
+            .push(tick, Some(Tag::shard(Op::Tick)), Owned::Time(ts));
+    }
+
+    pub(super) fn on_tick(&mut self, c: &Completion<Tag>) {
+        if !c.more() {
             self.arm_tick();
         }
         let now = Instant::now();
         while let Some(e) = self.hs_timers.pop_expired(now) {
-            let stalled = self.conns.get(e.index).is_some_and(|c| {
-                c.epoch == e.epoch && !c.closing && matches!(c.state, ConnState::Handshake(_))
-            });
+            let stalled = self
+                .conns
+                .get(e.index)
+                .is_some_and(|c| c.epoch == e.epoch && matches!(c.state, ConnState::Greeting(_)));
             if stalled {
                 self.client_gone(e.index, "handshake timeout");
             }
         }
         while let Some(e) = self.reuse_timers.pop_expired(now) {
-            let expired = self.sessions.get(e.index).is_some_and(|s| {
-                s.detach_token == e.epoch && s.conn.is_none() && s.closing.is_none()
-            });
+            let expired = self
+                .sessions
+                .get(e.index)
+                .is_some_and(|s| s.detach_token == e.epoch && s.conn.is_none() && !s.ended);
             if expired {
                 self.close_session(e.index, CloseReason::ReuseTimeout);
+                self.sync(e.index);
             }
         }
         if let Some(mut idle) = self.idle_timers.take() {
             while let Some(e) = idle.pop_expired(now) {
-                let Some(c) = self
-                    .conns
-                    .get(e.index)
-                    .filter(|c| c.epoch == e.epoch && !c.closing)
-                else {
+                let Some(c) = self.conns.get(e.index).filter(|c| c.epoch == e.epoch) else {
                     continue;
                 };
-                // A paused connection is not idle: the gate stopped reading it.
-                if now.duration_since(c.last_rx) >= idle.duration() && !c.paused {
+                // A connection the gate stopped reading is not idle.
+                let held = match c.state {
+                    ConnState::Attached(si, _) => self
+                        .sessions
+                        .get(si)
+                        .is_some_and(|s| s.relay.client_room() == 0),
+                    _ => false,
+                };
+                if now.duration_since(c.last_rx) >= idle.duration() && !held {
+                    let si = self.attached(e.index);
                     self.client_gone(e.index, "idle timeout");
+                    if let Some(si) = si {
+                        self.sync(si);
+                    }
                 } else {
                     idle.push(now, e);
                 }
             }
             self.idle_timers = Some(idle);
         }
+        self.sweep_inbox();
+        if self.log_skipped > 0 && self.log_lines < SESSION_LINES {
+            info!(
+                shard = self.index,
+                "{} session lines not logged (more than {SESSION_LINES} a second); the counters have them all",
+                self.log_skipped
+            );
+            self.log_skipped = 0;
+        }
         self.check_stop();
     }
 
     pub(super) fn arm_wake(&mut self) {
         let fd = self.shared.shards[self.index].eventfd;
-        let e = opcode::Read::new(types::Fd(fd), &mut *self.wake_buf as *mut u64 as *mut u8, 8)
-            .build()
-            .user_data(token::encode(Op::Wake, 0, 0));
-        self.push(e);
+        let mut word = Box::new(0u64);
+        let e = opcode::Read::new(types::Fd(fd), &mut *word as *mut u64 as *mut u8, 8).build();
+        self.d
+            .push(e, Some(Tag::shard(Op::Wake)), Owned::Word(word));
     }
 
     pub(super) fn on_wake(&mut self) {
-        if self.stopping.is_none() {
-            self.arm_wake();
-        }
+        self.arm_wake();
         self.check_stop();
     }
 
@@ -70,24 +104,18 @@ impl Shard {
             sessions = self.by_id.len(),
             "shutting down"
         );
-        if self.accepts_pending > 0 {
-            let every_accept =
-                types::CancelBuilder::user_data(token::encode(Op::Accept, 0, 0)).all();
-            self.push(
-                opcode::AsyncCancel2::new(every_accept)
-                    .build()
-                    .user_data(token::encode(Op::Ignore, 0, 0)),
-            );
+        for op in std::mem::take(&mut self.accepts) {
+            self.d.cancel(op);
         }
+        self.accept_multishot = false;
         let sessions: Vec<usize> = self.sessions.iter().map(|(i, _)| i).collect();
         for si in sessions {
             self.close_session(si, CloseReason::Shutdown);
+            self.sync(si);
         }
         let conns: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
         for ci in conns {
-            if !self.conns[ci].closing {
-                self.client_gone(ci, "shutdown");
-            }
+            self.client_gone(ci, "shutdown");
         }
     }
 }

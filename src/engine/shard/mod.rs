@@ -2,46 +2,51 @@
 //! slabs, timers and provided buffers. Nothing here is shared or locked on the
 //! data path; other shards reach this one only through its inbox and a ring
 //! message.
+//!
+//! The shard is the I/O half of the engine. What a session does with its
+//! bytes is decided by the session core ([`super::session::Relay`]); each
+//! client connection and upstream link is an [`Endpoint`]; every operation
+//! goes through the ring [`Driver`], which owns the memory the kernel uses.
+//! After anything happens to a session the shard calls [`Shard::sync`],
+//! which asks the core what it wants now (room to receive on each side,
+//! bytes to send, notes for the workers, whether it is done) and turns the
+//! answers into submissions.
 
 mod accept;
-mod client;
-mod closing;
+mod conn;
 mod handoff;
-mod handshake;
 mod housekeeping;
-mod relay;
+mod sessions;
 mod upstream;
 mod workers;
 
 use super::backend::{Backend, UpstreamChoice, UpstreamPolicy};
-use super::bufring::BufRing;
-use super::outbound::{Outbound, PlainQueue, SendMeta};
+use super::endpoint::{Endpoint, RecvPolicy};
+use super::ring::{BufRing, Completion, Driver, FOREIGN, MsgHeader, OpId};
+use super::session::Relay;
 use super::session_id::{IdAllocator, IdSpace};
-use super::sys::{self, RawAddr};
-use super::timer::{DeadlineQueue, Entry as TimerEntry};
-use super::token::{self, Op};
-use super::workers::{Command, Encoded, Event, WorkerHub};
+use super::sys;
+use super::timer::DeadlineQueue;
+use super::workers::WorkerHub;
 use super::{Config, Handoff, Shared};
-use crate::proto::client::{ClientEvent, ClientHandshake};
-use crate::proto::frame::FrameDecoder;
-use crate::proto::message::{ReuseConnReq, Status};
-use crate::proto::server::{ServerEvent, ServerHandshake};
-use crate::proto::session::Session;
-use bytes::BytesMut;
-use crossbeam_channel::TrySendError;
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use crate::proto::server::ServerHandshake;
+use io_uring::{IoUring, types};
+use rand::{SeedableRng, rngs::StdRng};
 use slab::Slab;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-/// Bytes a connection may deliver during its handshake before it is dropped
-/// (one record of at most 2 + 512 bytes, plus what a client pipelines).
-const MAX_HANDSHAKE_BYTES: usize = 4096;
+pub use super::CloseReason;
+
+/// Bytes a connection may deliver before its first record is complete: the
+/// receive room while greeting (one record is at most 2 + 512 bytes; what a
+/// client pipelines behind it is session data and waits in the kernel, or
+/// travels with a hand-over, bounded by this room plus one buffer).
+const GREETING_ROOM: usize = 4096;
 /// Listen backlog: also the largest burst one multishot accept can deliver
 /// before the shard looks at its table again.
 pub(crate) const LISTEN_BACKLOG: i32 = 4096;
@@ -51,170 +56,160 @@ const SINGLE_ACCEPTS: usize = 64;
 const TICK: Duration = Duration::from_millis(50);
 /// Shutdown waits at most this long for in-flight operations to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Per-session log lines a shard writes at info per second, at most.
+const SESSION_LINES: u32 = 100;
+/// A hand-over message whose connection never arrived is dropped after this.
+const HANDOFF_STALE: Duration = Duration::from_secs(10);
 
-/// Why a session (or a connection without one) ended.
+/// What an operation is for; with the entry it names, its completion's tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client closed its connection (no resume possible: plain mode).
-    ClientClosed,
-    /// The upstream closed; what it sent was delivered first.
-    UpstreamClosed,
-    /// No upstream could be connected.
-    UpstreamUnreachable,
-    /// The upstream connection failed.
-    UpstreamError,
-    /// The upstream SCP handshake failed.
-    UpstreamHandshake,
-    /// Nobody resumed the session within `reuse_time`.
-    ReuseTimeout,
-    /// The resume asked for more than the replay window holds.
-    ReplayExceeded,
-    /// The application closed it (embedded mode).
-    Kicked,
-    /// The client broke the framing (a frame over the limit, a malformed
-    /// header) (embedded mode).
-    ProtocolError,
-    /// Frames sent to the session outgrew its window and send buffer: the
-    /// client was not reading, or stayed away too long (embedded mode).
-    SendOverflow,
-    /// The gate is shutting down.
-    Shutdown,
+pub(crate) enum Op {
+    Accept,
+    PeerName,
+    Recv,
+    Send,
+    Close,
+    UpSocket,
+    UpConnect,
+    UpRecv,
+    UpSend,
+    UpClose,
+    Tick,
+    Wake,
+    HandoffIn,
+    HandoffOut,
+    SlotClosed,
 }
 
-impl std::fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CloseReason::ClientClosed => "client closed",
-            CloseReason::UpstreamClosed => "upstream closed",
-            CloseReason::UpstreamUnreachable => "no upstream reachable",
-            CloseReason::UpstreamError => "upstream connection failed",
-            CloseReason::UpstreamHandshake => "upstream SCP handshake failed",
-            CloseReason::ReuseTimeout => "reuse time ran out",
-            CloseReason::ReplayExceeded => "resume beyond the replay window",
-            CloseReason::Kicked => "kicked by the application",
-            CloseReason::ProtocolError => "client broke the framing",
-            CloseReason::SendOverflow => "outgoing frames overflowed the send buffer",
-            CloseReason::Shutdown => "shutdown",
-        })
+/// A completion's tag: the operation and the slab entry (with its epoch, so
+/// a completion for an entry that was freed and reused is recognised).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tag {
+    op: Op,
+    index: u32,
+    epoch: u32,
+}
+
+impl Tag {
+    fn new(op: Op, index: usize, epoch: u32) -> Tag {
+        Tag {
+            op,
+            index: index as u32,
+            epoch,
+        }
+    }
+
+    fn shard(op: Op) -> Tag {
+        Tag::new(op, 0, 0)
     }
 }
 
+/// A hand-over's completion in the target ring: sender shard (16 bits) and
+/// sequence number (32 bits) in the 63 bits another ring may set.
+fn handoff_user_data(from: usize, seq: u32) -> u64 {
+    FOREIGN | ((from as u64) << 32) | seq as u64
+}
+
+fn decode_foreign(v: u64) -> Option<Tag> {
+    Some(Tag {
+        op: Op::HandoffIn,
+        index: (v >> 32) as u32,
+        epoch: v as u32,
+    })
+}
+
+/// What a client connection is doing.
 enum ConnState {
+    /// Plain mode: waiting for the peer address before opening the session.
+    Opening,
     /// Reading the first record (SCP only).
-    Handshake(Box<ServerHandshake>),
+    Greeting(Box<Greeting>),
     /// Carrying session `(index, epoch)`.
     Attached(usize, u32),
-    /// Handing itself to another shard; waits for its receive to end first so
-    /// no byte is read here after the copy that travels.
+    /// Handing itself to another shard: its receive ends first, so that no
+    /// byte is read here after the copy that travels.
     HandingOff {
         target: usize,
-        recv_ended: bool,
+        raw: Vec<u8>,
         sent: bool,
     },
     /// Writing a final answer, then closing.
     Finishing,
-    /// Detached or failed; closing.
-    Dead,
+}
+
+/// The first record of an SCP connection, and every byte read so far (a
+/// hand-over sends them all to the owner, which reads the record again).
+#[derive(Default)]
+struct Greeting {
+    hs: ServerHandshake,
+    raw: Vec<u8>,
 }
 
 struct Conn {
     epoch: u32,
-    slot: u32,
+    ep: Endpoint,
     peer: Option<SocketAddr>,
-    addr: Box<RawAddr>,
     state: ConnState,
-    /// In-flight operations that name this connection.
-    ops: u32,
-    recv_armed: bool,
-    paused: bool,
-    closing: bool,
-    /// Bytes of the in-flight session send, and the session it reads from.
-    send_len: usize,
-    send_sess: Option<(usize, u32)>,
-    send_meta: Option<Box<SendMeta>>,
-    /// Handshake answer being written (sent before any session bytes).
-    hs_out: Vec<u8>,
-    hs_sent: usize,
-    hs_sending: bool,
-    /// Everything read during the handshake (travels with a hand-over).
-    raw_in: Vec<u8>,
+    /// A handshake answer to write before any session byte.
+    answer: Vec<u8>,
+    /// The send in flight carries session bytes (not the answer).
+    sending_session: bool,
     last_rx: Instant,
 }
 
-enum UpState {
-    Connecting,
-    Handshake(Box<ClientHandshake>),
-    Open,
-    Closed,
+/// How an upstream link is coming along.
+enum Link {
+    /// The socket is being created.
+    Socket,
+    /// Connecting on `ep`.
+    Connecting(Endpoint),
+    /// Connected.
+    Open(Endpoint),
+    /// Closed (or never opened).
+    Gone,
 }
 
 struct UpLink {
     epoch: u32,
-    slot: Option<u32>,
-    state: UpState,
-    /// Hosts still to try, in order.
+    link: Link,
+    /// Hosts still to try, last first.
     tries: Vec<UpstreamChoice>,
-    addr: Box<RawAddr>,
-    addr_len: u32,
-    out: Option<Outbound>,
-    ops: u32,
-    recv_armed: bool,
-    paused: bool,
-    send_len: usize,
-    send_meta: Option<Box<SendMeta>>,
-    hs_out: Vec<u8>,
-    hs_sent: usize,
-    hs_sending: bool,
-    eof: bool,
-}
-
-/// A session's end of the worker queues (embedded mode).
-struct WorkerLink {
-    /// Index of the worker queue: `id % workers`.
-    queue: usize,
-    decoder: FrameDecoder,
-    /// Plaintext not yet cut into frames (at most one partial frame plus
-    /// one receive's worth).
-    rx: BytesMut,
-    /// Events the worker's queue could not take yet, in order. While any
-    /// wait, no more frames are decoded, so this holds at most one frame and
-    /// a few lifecycle events.
-    pending: VecDeque<Event>,
-    /// The framing broke; the session is closing.
-    broken: bool,
-}
-
-enum Peer {
-    Echo,
-    Up(Box<UpLink>),
-    Worker(Box<WorkerLink>),
+    /// The address being connected to (owned by the connect operation while
+    /// it runs; kept here for log lines).
+    addr: Option<SocketAddr>,
+    /// The send in flight carries stream bytes (not the SCP prelude).
+    sending_stream: bool,
 }
 
 struct Sess {
     epoch: u32,
+    /// 0 for plain sessions nobody addresses by id.
     id: u32,
-    client: Outbound,
+    relay: Relay,
     conn: Option<usize>,
-    peer: Peer,
-    /// Plaintext from the client the peer side could not take yet.
-    from_client: Vec<u8>,
-    /// Plaintext from the peer the client side could not take yet.
-    from_peer: Vec<u8>,
-    /// In-flight sends reading this session's memory.
-    io_refs: u32,
-    closing: Option<CloseReason>,
+    up: Option<Box<UpLink>>,
+    /// Sends in flight that read this session's memory (its window or its
+    /// upstream queue): a session freed before they complete gives them its
+    /// memory to keep.
+    reads: Vec<OpId>,
+    /// Epoch of the reuse timer that may close it while detached.
     detach_token: u32,
     client_addr: Option<SocketAddr>,
     target: Option<String>,
     flag: i32,
-    client_eof: bool,
     opened: Instant,
+    /// Embedded mode: its worker queue, and whether it waits for room there.
+    queue: usize,
+    waiting: bool,
+    /// Counted in `sessions_closed` and logged.
+    ended: bool,
 }
 
 /// The shard's event loop state.
 pub struct Shard {
-    ring: IoUring,
+    d: Driver<Tag>,
     bufs: BufRing,
+    recv_policy: RecvPolicy,
     index: usize,
     cfg: Arc<Config>,
     shared: Arc<Shared>,
@@ -223,23 +218,23 @@ pub struct Shard {
     conns: Slab<Conn>,
     sessions: Slab<Sess>,
     by_id: HashMap<u32, usize>,
-    next_epoch: u32,
     ids: IdAllocator,
-    handshaking: usize,
+    next_epoch: u32,
+    greeting: usize,
     hs_timers: DeadlineQueue,
     reuse_timers: DeadlineQueue,
     idle_timers: Option<DeadlineQueue>,
-    rearm_conns: Vec<(usize, u32)>,
-    rearm_ups: Vec<(usize, u32)>,
     // Boxed: the kernel reads a header by address until its send completes.
     #[allow(clippy::vec_box)]
-    meta_pool: Vec<Box<SendMeta>>,
+    meta_pool: Vec<Box<MsgHeader>>,
     rng: StdRng,
-    tick_ts: Box<types::Timespec>,
-    connect_ts: Box<types::Timespec>,
-    wake_buf: Box<u64>,
+    proxy: Option<Arc<dyn UpstreamPolicy>>,
+    connect_timeout: Duration,
     /// Accept operations in flight (one multishot, or several single-shot).
-    accepts_pending: usize,
+    accepts: Vec<OpId>,
+    accept_multishot: bool,
+    accept_switching: bool,
+    accept_paused: bool,
     /// Size of the ring's direct-descriptor table, and slots in use in it.
     /// Accepting pauses while fewer than `reserve` slots are free, so that
     /// resumes handed over from other shards and upstream sockets still find
@@ -248,19 +243,19 @@ pub struct Shard {
     table: usize,
     slots: usize,
     reserve: usize,
-    accept_multishot: bool,
-    accept_switching: bool,
-    accept_paused: bool,
     stopping: Option<Instant>,
     handoff_seq: u32,
-    handoffs: HashMap<(usize, u32), Handoff>,
+    handoffs: HashMap<(usize, u32), (Instant, Handoff)>,
     last_limit_warn: Option<Instant>,
+    /// Per-session log lines at info in the current second, and those
+    /// left out because there were too many.
+    log_second: Option<Instant>,
+    log_lines: u32,
+    log_skipped: u64,
     /// Embedded mode: the worker queues.
     hub: Option<Arc<WorkerHub>>,
-    /// Sessions with events waiting for a full worker queue.
+    /// Sessions with notes waiting for a full worker queue.
     worker_waiting: Vec<(usize, u32)>,
-    /// Sessions whose framing broke, closed after the current batch.
-    worker_broken: Vec<(usize, u32)>,
 }
 
 /// A peer address for log lines: the address, or `?` when the kernel did
@@ -276,43 +271,12 @@ impl std::fmt::Display for Addr {
     }
 }
 
-fn is_more(flags: u32) -> bool {
-    cqueue::more(flags)
-}
-
-/// The session's worker cannot take more now (its queue is full, or the
-/// framing broke): the client connection stays paused.
-fn worker_holds(s: &Sess) -> bool {
-    matches!(&s.peer, Peer::Worker(w) if w.broken || !w.pending.is_empty())
-}
-
-/// Offers an event to a worker queue; gives it back when the queue is full,
-/// after asking the worker (`wanted`) to wake the shards once it takes one.
-/// Asking before the second try means a drain between the tries is not missed.
-fn offer(
-    tx: &crossbeam_channel::Sender<Event>,
-    wanted: &std::sync::atomic::AtomicBool,
-    ev: Event,
-) -> Result<(), Event> {
-    match tx.try_send(ev) {
-        // A dropped receiver: the application no longer listens.
-        Ok(()) | Err(TrySendError::Disconnected(_)) => Ok(()),
-        Err(TrySendError::Full(ev)) => {
-            wanted.store(true, Ordering::SeqCst);
-            match tx.try_send(ev) {
-                Ok(()) | Err(TrySendError::Disconnected(_)) => Ok(()),
-                Err(TrySendError::Full(ev)) => Err(ev),
-            }
-        }
-    }
-}
-
 impl Shard {
     /// Sets up a shard's ring resources (in the shard's own thread, which
     /// becomes the ring's single issuer).
     pub fn new(
         index: usize,
-        ring: IoUring,
+        mut ring: IoUring,
         cfg: Arc<Config>,
         shared: Arc<Shared>,
         listener: i32,
@@ -323,27 +287,36 @@ impl Shard {
             n => n,
         };
         let table = sys::register_direct_table(&ring, wanted)?;
-        let bufs =
-            sys::register_buffers(&ring, cfg.recv_buffers_per_shard(), cfg.recv_buffer_size)?;
+        let bufs = BufRing::new(&ring, 0, cfg.recv_buffers_per_shard(), cfg.recv_buffer_size)
+            .map_err(|err| sys::SetupError::Missing {
+                what: "provided buffer rings",
+                err,
+            })?;
+        let recv_policy = RecvPolicy {
+            buf_size: cfg.recv_buffer_size,
+            capped_multishot: super::endpoint::probe_capped_multishot(&bufs, &mut ring),
+        };
+        let space = IdSpace::new(cfg.shards);
+        let (proxy, hub) = match &cfg.backend {
+            Backend::Proxy(p) => (Some(p.clone()), None),
+            Backend::Workers(h) => (None, Some(h.clone())),
+            Backend::Echo => (None, None),
+        };
+        let connect_timeout = proxy
+            .as_ref()
+            .map_or(Duration::from_secs(5), |p| p.connect_timeout());
         Ok(Shard {
-            ring,
+            d: Driver::with_foreign(ring, decode_foreign),
             bufs,
+            recv_policy,
             index,
             hs_timers: DeadlineQueue::new(cfg.handshake_timeout),
             reuse_timers: DeadlineQueue::new(cfg.reuse_time),
             idle_timers: cfg.idle_timeout.map(DeadlineQueue::new),
-            tick_ts: Box::new(types::Timespec::from(TICK)),
-            connect_ts: Box::new(types::Timespec::from(match &cfg.backend {
-                Backend::Proxy(p) => p.connect_timeout(),
-                Backend::Echo | Backend::Workers(_) => Duration::from_secs(5),
-            })),
-            hub: match &cfg.backend {
-                Backend::Workers(hub) => Some(hub.clone()),
-                _ => None,
-            },
+            proxy,
+            connect_timeout,
+            hub,
             worker_waiting: Vec::new(),
-            worker_broken: Vec::new(),
-            ids: IdAllocator::new(IdSpace::new(cfg.shards), index),
             cfg,
             shared,
             listener,
@@ -351,24 +324,25 @@ impl Shard {
             conns: Slab::new(),
             sessions: Slab::new(),
             by_id: HashMap::new(),
+            ids: IdAllocator::new(space, index),
             next_epoch: 1,
-            handshaking: 0,
-            rearm_conns: Vec::new(),
-            rearm_ups: Vec::new(),
+            greeting: 0,
             meta_pool: Vec::new(),
             rng: StdRng::from_os_rng(),
-            wake_buf: Box::new(0),
-            accepts_pending: 0,
-            table: table as usize,
-            slots: 0,
-            reserve: (table as usize / 16).max(32),
+            accepts: Vec::new(),
             accept_multishot: false,
             accept_switching: false,
             accept_paused: false,
+            table: table as usize,
+            slots: 0,
+            reserve: (table as usize / 16).max(32),
             stopping: None,
             handoff_seq: 0,
             handoffs: HashMap::new(),
             last_limit_warn: None,
+            log_second: None,
+            log_lines: 0,
+            log_skipped: 0,
         })
     }
 
@@ -377,179 +351,146 @@ impl Shard {
         self.next_epoch
     }
 
-    fn push(&mut self, entry: squeue::Entry) {
-        loop {
-            // SAFETY: every pointer an entry carries refers to memory that
-            // outlives the operation (boxed or owned by a live slab entry
-            // whose `ops` count keeps it alive).
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                return;
-            }
-            if let Err(e) = self.ring.submit() {
-                warn!(shard = self.index, "io_uring submit failed: {e}");
-            }
+    fn stats(&self) -> &super::ShardStats {
+        &self.shared.shards[self.index].stats
+    }
+
+    fn count(&self, counter: impl Fn(&super::ShardStats) -> &std::sync::atomic::AtomicU64) {
+        counter(self.stats()).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Logs a warning about a limit an operator must act on, at most once
+    /// per 10 s per shard (it may be hit once per connection).
+    pub(super) fn warn_limit(&mut self, what: &str) {
+        let now = Instant::now();
+        if self
+            .last_limit_warn
+            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(10))
+        {
+            self.last_limit_warn = Some(now);
+            warn!(shard = self.index, "{what}");
         }
     }
 
-    /// A multishot receive on `slot` into the shard's buffer ring.
-    fn recv_multi(&mut self, slot: u32, ud: u64) {
-        let bgid = self.bufs.bgid();
-        self.push(
-            opcode::RecvMulti::new(types::Fixed(slot), bgid)
-                .build()
-                .user_data(ud),
-        );
+    /// Whether a per-session line (opened, resumed, closed) may be logged at
+    /// info now: at most [`SESSION_LINES`] a second per shard. At a million
+    /// sessions a line each would itself be a load; the tick reports how
+    /// many were left out, and the counters always have them all.
+    pub(super) fn loud(&mut self) -> bool {
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return false;
+        }
+        let now = Instant::now();
+        if self
+            .log_second
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.log_second = Some(now);
+            self.log_lines = 0;
+        }
+        self.log_lines += 1;
+        if self.log_lines <= SESSION_LINES {
+            true
+        } else {
+            self.log_skipped += 1;
+            false
+        }
     }
 
-    /// Cancels the operation submitted with user data `ud` (its completion
-    /// still arrives, with `-ECANCELED`).
-    fn cancel(&mut self, ud: u64) {
-        self.push(
-            opcode::AsyncCancel::new(ud)
-                .build()
-                .user_data(token::encode(Op::Ignore, 0, 0)),
-        );
-    }
-
-    /// Cancels everything pending on a direct descriptor, then closes it; the
-    /// close completes with `ud`. A pending multishot receive would otherwise
-    /// keep the socket open after the slot is gone.
-    fn cancel_and_close(&mut self, slot: u32, ud: u64) {
-        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(slot)).all())
-            .build()
-            .flags(squeue::Flags::IO_HARDLINK)
-            .user_data(token::encode(Op::Ignore, 0, 0));
-        self.push(cancel);
-        self.push(opcode::Close::new(types::Fixed(slot)).build().user_data(ud));
-    }
-
-    /// The housekeeping tick: one multishot timeout for the shard's life.
-    fn arm_tick(&mut self) {
-        let tick = opcode::Timeout::new(&*self.tick_ts as *const _)
-            .count(0)
-            .flags(types::TimeoutFlags::MULTISHOT)
-            .build()
-            .user_data(token::encode(Op::Tick, 0, 0));
-        self.push(tick);
-    }
-
-    /// A new session entry attached to connection `ci`.
-    fn insert_session(
-        &mut self,
-        id: u32,
-        client: Outbound,
-        ci: usize,
-        target: Option<String>,
-        flag: i32,
-    ) -> (usize, u32) {
-        let epoch = self.new_epoch();
-        let client_addr = self.conns[ci].peer;
-        let si = self.sessions.insert(Sess {
-            epoch,
-            id,
-            client,
-            conn: Some(ci),
-            peer: Peer::Echo,
-            from_client: Vec::new(),
-            from_peer: Vec::new(),
-            io_refs: 0,
-            closing: None,
-            detach_token: 0,
-            client_addr,
-            target,
-            flag,
-            client_eof: false,
-            opened: Instant::now(),
-        });
-        self.conns[ci].state = ConnState::Attached(si, epoch);
-        (si, epoch)
-    }
-
-    /// Runs until shutdown completes.
-    pub fn run(mut self) {
+    /// Runs until shutdown completes; returns the ring, which must outlive
+    /// every shard that may still message it (the gate drops it after
+    /// joining them all), and the receive buffers its operations may name.
+    pub fn run(mut self) -> (Driver<Tag>, BufRing) {
         self.arm_accept();
         self.arm_tick();
         self.arm_wake();
-        let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
+        let mut done: Vec<Completion<Tag>> = Vec::with_capacity(1024);
         loop {
             self.worker_round();
             let link = &self.shared.shards[self.index];
-            let want = usize::from(link.prepare_sleep());
-            sys::submit_and_reap(&mut self.ring, want, &mut cqes);
+            let wait = link.prepare_sleep();
+            self.d.submit_and_reap(wait, &mut done);
             self.shared.shards[self.index].woke();
-            for &(ud, res, flags) in &cqes {
-                self.dispatch(ud, res, flags);
+            for c in done.drain(..) {
+                self.dispatch(c);
             }
             self.after_batch();
             if let Some(since) = self.stopping {
-                let drained =
-                    self.conns.is_empty() && self.sessions.is_empty() && self.accepts_pending == 0;
+                let drained = self.conns.is_empty() && self.sessions.is_empty();
                 if drained || since.elapsed() > SHUTDOWN_GRACE {
                     break;
                 }
             }
         }
         debug!(shard = self.index, "shard stopped");
+        let Shard { d, bufs, .. } = self;
+        (d, bufs)
     }
 
-    fn dispatch(&mut self, ud: u64, res: i32, flags: u32) {
-        let Some((op, idx, epoch)) = token::decode(ud) else {
-            return;
-        };
+    fn dispatch(&mut self, c: Completion<Tag>) {
+        let Tag { op, index, epoch } = c.tag;
+        let index = index as usize;
         // Count table slots where the kernel hands them out and takes them
         // back, whatever becomes of the entry that asked.
         match op {
-            Op::Accept | Op::HandoffIn | Op::UpSocket if res >= 0 => self.slots += 1,
+            Op::Accept | Op::HandoffIn | Op::UpSocket if c.result >= 0 => self.slots += 1,
             Op::Close | Op::UpClose | Op::SlotClosed => self.slots = self.slots.saturating_sub(1),
             _ => {}
         }
         match op {
-            Op::Accept => self.on_accept(res, flags),
-            Op::PeerName => self.on_peername(idx, epoch, res),
-            Op::Recv => self.on_recv(idx, epoch, res, flags),
-            Op::Send => self.on_send(idx, epoch, res),
-            Op::HsSend => self.on_hs_send(idx, epoch, res),
-            Op::Close => self.on_conn_closed(idx, epoch),
-            Op::UpSocket => self.on_up_socket(idx, epoch, res),
-            Op::UpConnect => self.on_up_connect(idx, epoch, res),
-            Op::UpRecv => self.on_up_recv(idx, epoch, res, flags),
-            Op::UpSend => self.on_up_send(idx, epoch, res),
-            Op::UpClose => self.on_up_closed(idx, epoch),
-            Op::Tick => self.on_tick(flags),
+            Op::Accept => self.on_accept(&c),
+            Op::PeerName => self.on_peername(index, epoch, c),
+            Op::Recv => self.on_recv(index, epoch, c),
+            Op::Send => self.on_send(index, epoch, c),
+            Op::UpSocket => self.on_up_socket(index, epoch, c.result),
+            Op::UpConnect => self.on_up_connect(index, epoch, c.result),
+            Op::UpRecv => self.on_up_recv(index, epoch, c),
+            Op::UpSend => self.on_up_send(index, epoch, c),
+            Op::Tick => self.on_tick(&c),
             Op::Wake => self.on_wake(),
-            Op::HandoffIn => self.on_handoff_in(idx, epoch, res),
-            Op::HandoffOut => self.on_handoff_out(idx, epoch, res),
-            Op::SlotClosed | Op::Ignore => {}
+            Op::HandoffIn => self.on_handoff_in(index, epoch, c.result),
+            Op::HandoffOut => self.on_handoff_out(index, epoch, c.result),
+            Op::Close | Op::UpClose | Op::SlotClosed => {}
         }
     }
 
     fn after_batch(&mut self) {
-        self.bufs.publish();
-        for (ci, epoch) in std::mem::take(&mut self.rearm_conns) {
-            if self
-                .conns
-                .get(ci)
-                .is_some_and(|c| c.epoch == epoch && !c.closing && !c.paused && !c.recv_armed)
-            {
-                self.arm_recv(ci);
-            }
-        }
-        for (si, epoch) in std::mem::take(&mut self.rearm_ups) {
-            self.arm_up_recv_if(si, epoch);
-        }
         if self.stopping.is_none() && self.listener >= 0 {
             let free = self.table.saturating_sub(self.slots);
             if !self.accept_multishot {
                 self.arm_accept();
-            } else if self.accept_multishot
-                && !self.accept_switching
-                && free <= self.reserve + LISTEN_BACKLOG as usize
-            {
+            } else if !self.accept_switching && free <= self.reserve + LISTEN_BACKLOG as usize {
                 // Too close for a burst: end the multishot accept; the next
                 // arm takes connections one at a time.
                 self.accept_switching = true;
-                self.cancel(token::encode(Op::Accept, 0, 0));
+                for op in self.accepts.clone() {
+                    self.d.cancel(op);
+                }
             }
         }
+    }
+
+    /// A send's iovec header, from the pool.
+    fn meta(&mut self) -> Box<MsgHeader> {
+        self.meta_pool.pop().unwrap_or_else(MsgHeader::boxed)
+    }
+
+    /// Puts a send's memory back in the pool.
+    fn recycle(&mut self, mem: super::ring::Owned) {
+        if let super::ring::Owned::Msg(m) = mem {
+            if self.meta_pool.len() < 256 {
+                self.meta_pool.push(m);
+            }
+        }
+    }
+
+    /// Closes a descriptor no entry tracks (refused at accept, or left over).
+    fn close_slot(&mut self, slot: u32) {
+        let close = io_uring::opcode::Close::new(types::Fixed(slot)).build();
+        self.d.push(
+            close,
+            Some(Tag::shard(Op::SlotClosed)),
+            super::ring::Owned::None,
+        );
     }
 }

@@ -1,151 +1,121 @@
-//! Proxy mode: the upstream connection of a session (socket, connect with a timeout, TCP or SCP, announcement, receive and send).
+//! Proxy mode: a session's upstream link — socket, connect with a timeout
+//! (linked, so a full submission queue cannot part them), fallback to the
+//! next candidate, and its endpoint kept in line with the session core.
 
 use super::*;
+use crate::engine::endpoint::Received;
+use crate::engine::ring::Owned;
+use crate::engine::sys::RawAddr;
+use io_uring::opcode;
 
 impl Shard {
-    pub(super) fn proxy(&self) -> Option<Arc<dyn UpstreamPolicy>> {
-        match &self.cfg.backend {
-            Backend::Proxy(p) => Some(p.clone()),
-            Backend::Echo | Backend::Workers(_) => None,
-        }
-    }
-
-    pub(super) fn start_peer(&mut self, si: usize) {
-        if self.hub.is_some() {
-            self.start_worker(si);
+    pub(super) fn start_upstream(&mut self, si: usize) {
+        let Some(proxy) = self.proxy.clone() else {
             return;
-        }
-        let Some(proxy) = self.proxy() else { return };
+        };
         let s = &self.sessions[si];
-        let tries: Vec<UpstreamChoice> = proxy
-            .candidates(s.target.as_deref(), &mut self.rng)
-            .into_iter()
-            .rev()
-            .collect();
+        let mut tries = proxy.candidates(s.target.as_deref(), &mut self.rng);
+        tries.reverse();
         let epoch = self.new_epoch();
-        let plain = !proxy.scp();
-        let mut up = Box::new(UpLink {
+        self.sessions[si].up = Some(Box::new(UpLink {
             epoch,
-            slot: None,
-            state: UpState::Connecting,
+            link: Link::Gone,
             tries,
-            addr: Box::default(),
-            addr_len: 0,
-            out: plain.then(|| Outbound::Plain(PlainQueue::new(self.cfg.relay_buffer))),
-            ops: 0,
-            recv_armed: false,
-            paused: false,
-            send_len: 0,
-            send_meta: None,
-            hs_out: Vec::new(),
-            hs_sent: 0,
-            hs_sending: false,
-            eof: false,
-        });
-        if let Some(out) = up.out.as_mut() {
-            self.announce_into(si, out, &*proxy);
-        }
-        self.sessions[si].peer = Peer::Up(up);
+            addr: None,
+            sending_stream: false,
+        }));
         self.connect_next(si);
     }
 
-    pub(super) fn announce_into(&self, si: usize, out: &mut Outbound, proxy: &dyn UpstreamPolicy) {
-        let s = &self.sessions[si];
-        if s.flag & 1 != 0 {
-            return;
-        }
-        let Some(client) = s.client_addr else { return };
-        let bytes = proxy.announcement(client, self.local);
-        out.push(&bytes);
+    fn up_mut(&mut self, si: usize, epoch: u32) -> Option<&mut UpLink> {
+        self.sessions
+            .get_mut(si)?
+            .up
+            .as_deref_mut()
+            .filter(|u| u.epoch == epoch)
     }
 
-    pub(super) fn up(&mut self, si: usize, epoch: u32) -> Option<&mut UpLink> {
-        match self.sessions.get_mut(si) {
-            Some(Sess {
-                peer: Peer::Up(up), ..
-            }) if up.epoch == epoch => Some(up),
-            _ => None,
-        }
-    }
-
-    pub(super) fn connect_next(&mut self, si: usize) {
-        let Peer::Up(up) = &mut self.sessions[si].peer else {
+    fn connect_next(&mut self, si: usize) {
+        let s = &mut self.sessions[si];
+        let Some(up) = s.up.as_deref_mut() else {
             return;
         };
-        let Some(next) = up.tries.pop() else {
-            warn!(
-                shard = self.index,
-                session = self.sessions[si].id,
-                "no upstream reachable"
-            );
-            self.shared.shards[self.index]
-                .stats
-                .upstream_failed
-                .fetch_add(1, Ordering::Relaxed);
+        let Some(choice) = up.tries.pop() else {
+            let id = s.id;
+            s.up = None;
+            self.count(|s| &s.upstream_failed);
+            self.warn_limit(&format!("no upstream reachable (session {id})"));
             self.close_session(si, CloseReason::UpstreamUnreachable);
             return;
         };
-        let addr = next.addr;
-        let (raw, len) = RawAddr::from_socket_addr(addr);
-        *up.addr = raw;
-        up.addr_len = len;
-        up.ops += 1;
-        let e = sys::direct_tcp_socket(&addr).user_data(token::encode(Op::UpSocket, si, up.epoch));
-        self.push(e);
+        up.addr = Some(choice.addr);
+        up.link = Link::Socket;
+        let tag = Tag::new(Op::UpSocket, si, up.epoch);
+        let e = sys::direct_tcp_socket(&choice.addr);
+        self.d.push(e, Some(tag), Owned::None);
     }
 
     pub(super) fn on_up_socket(&mut self, si: usize, epoch: u32, res: i32) {
-        let closing = self.sessions.get(si).is_some_and(|s| s.closing.is_some());
-        let connect_ts = &*self.connect_ts as *const types::Timespec;
-        let Some(up) = self.up(si, epoch) else {
+        let timeout = self.connect_timeout;
+        let ended = self.sessions.get(si).is_some_and(|s| s.ended);
+        let Some(up) = self.up_mut(si, epoch) else {
             if res >= 0 {
                 self.close_slot(res as u32);
             }
             return;
         };
-        up.ops -= 1;
-        if res < 0 {
-            warn!(
-                "cannot create an upstream socket: {}",
-                std::io::Error::from_raw_os_error(-res)
-            );
-            self.close_session(si, CloseReason::UpstreamError);
+        if !matches!(up.link, Link::Socket) || ended {
+            // Closed while the socket was being made.
+            if res >= 0 {
+                self.close_slot(res as u32);
+            }
+            self.sessions[si].up = None;
             self.maybe_free_session(si);
+            return;
+        }
+        if res < 0 {
+            up.link = Link::Gone;
+            let e = std::io::Error::from_raw_os_error(-res);
+            if matches!(-res, libc::ENFILE | libc::EMFILE) {
+                self.warn_limit("the shard's direct descriptor table is full: upstream connections are failing; raise the fd limit or add shards");
+            } else {
+                self.warn_limit(&format!("cannot create an upstream socket: {e}"));
+            }
+            self.sessions[si].up = None;
+            self.count(|s| &s.upstream_failed);
+            self.close_session(si, CloseReason::UpstreamError);
+            self.sync(si);
             return;
         }
         let slot = res as u32;
-        up.slot = Some(slot);
-        if closing {
-            self.close_up(si);
-            self.maybe_free_session(si);
-            return;
-        }
-        let nodelay = sys::enable_sockopt(types::Fixed(slot), libc::IPPROTO_TCP, libc::TCP_NODELAY)
-            .user_data(token::encode(Op::Ignore, 0, 0));
-        up.ops += 1;
-        let connect = opcode::Connect::new(types::Fixed(slot), up.addr.as_sockaddr(), up.addr_len)
-            .build()
-            .flags(squeue::Flags::IO_LINK)
-            .user_data(token::encode(Op::UpConnect, si, epoch));
-        let timeout = opcode::LinkTimeout::new(connect_ts)
-            .build()
-            .user_data(token::encode(Op::Ignore, 0, 0));
-        self.push(nodelay);
-        self.push(connect);
-        self.push(timeout);
+        up.link = Link::Connecting(Endpoint::new(slot));
+        let addr = up.addr.expect("set before the socket");
+        let (raw, len) = RawAddr::from_socket_addr(addr);
+        let raw = Box::new(raw);
+        let nodelay = sys::enable_sockopt(types::Fixed(slot), libc::IPPROTO_TCP, libc::TCP_NODELAY);
+        self.d.push(nodelay, None, Owned::None);
+        let connect = opcode::Connect::new(types::Fixed(slot), raw.as_sockaddr(), len).build();
+        let ts = Box::new(types::Timespec::from(timeout));
+        let limit = opcode::LinkTimeout::new(&*ts).build();
+        self.d.push_linked(
+            [
+                (
+                    connect,
+                    Some(Tag::new(Op::UpConnect, si, epoch)),
+                    Owned::Addr(raw),
+                ),
+                (limit, None, Owned::Time(ts)),
+            ],
+            false,
+        );
     }
 
     pub(super) fn on_up_connect(&mut self, si: usize, epoch: u32, res: i32) {
-        let Some(proxy) = self.proxy() else { return };
-        let Some(up) = self.up(si, epoch) else { return };
-        up.ops -= 1;
-        let (shard, id) = (self.index, self.sessions[si].id);
-        if self.sessions[si].closing.is_some() {
-            self.close_up(si);
-            self.maybe_free_session(si);
+        let shard = self.index;
+        let Some(up) = self.up_mut(si, epoch) else {
             return;
-        }
-        let Peer::Up(up) = &mut self.sessions[si].peer else {
+        };
+        let Link::Connecting(ep) = std::mem::replace(&mut up.link, Link::Gone) else {
             return;
         };
         if res < 0 {
@@ -154,279 +124,148 @@ impl Shard {
             } else {
                 std::io::Error::from_raw_os_error(-res).to_string()
             };
-            let addr = up.addr.to_socket_addr();
-            debug!(shard, session = id, upstream = ?addr, "upstream connect failed: {e}");
-            // Close this attempt's socket, then try the next host.
-            if let Some(slot) = up.slot.take() {
-                self.close_slot(slot);
-            }
+            debug!(shard, upstream = ?up.addr, "upstream connect failed: {e}");
+            let mut ep = ep;
+            ep.close(&mut self.d, Some(Tag::shard(Op::UpClose)));
             self.connect_next(si);
+            self.sync(si);
             return;
         }
-        debug!(shard, session = id, "upstream connected");
-        if proxy.scp() {
-            let random: u64 = self.rng.random();
-            let mut hs = Box::new(ClientHandshake::new_session(random, None, None));
-            up.hs_out = hs.take_output();
-            up.state = UpState::Handshake(hs);
-        } else {
-            up.state = UpState::Open;
-        }
-        self.arm_up_recv_if(si, epoch);
-        self.flush_up(si);
-        self.drain_from_client(si);
+        up.link = Link::Open(ep);
+        debug!(shard, upstream = ?up.addr, "upstream connected");
+        self.sessions[si].relay.handle_peer_connected();
+        self.sync(si);
     }
 
-    pub(super) fn arm_up_recv_if(&mut self, si: usize, epoch: u32) {
-        let closing = self.sessions.get(si).is_none_or(|s| s.closing.is_some());
-        let Some(up) = self.up(si, epoch) else { return };
-        if up.recv_armed
-            || up.paused
-            || closing
-            || up.eof
-            || matches!(up.state, UpState::Connecting | UpState::Closed)
-        {
-            return;
-        }
-        let Some(slot) = up.slot else { return };
-        up.recv_armed = true;
-        up.ops += 1;
-        self.recv_multi(slot, token::encode(Op::UpRecv, si, epoch));
-    }
-
-    pub(super) fn pause_up_recv(&mut self, si: usize) {
-        let Peer::Up(up) = &mut self.sessions[si].peer else {
+    pub(super) fn on_up_recv(&mut self, si: usize, epoch: u32, c: Completion<Tag>) {
+        let up = self
+            .sessions
+            .get_mut(si)
+            .and_then(|s| s.up.as_deref_mut())
+            .filter(|u| u.epoch == epoch);
+        let Some(up) = up else {
+            drop(self.bufs.take(c.result, c.flags));
             return;
         };
-        if up.paused {
-            return;
-        }
-        up.paused = true;
-        self.shared.shards[self.index]
-            .stats
-            .paused
-            .fetch_add(1, Ordering::Relaxed);
-        if up.recv_armed {
-            let ud = token::encode(Op::UpRecv, si, up.epoch);
-            self.cancel(ud);
-        }
-    }
-
-    pub(super) fn resume_up_recv(&mut self, si: usize, _sess_gen: u32) {
-        let Peer::Up(up) = &mut self.sessions[si].peer else {
+        let Link::Open(ep) = &mut up.link else {
+            drop(self.bufs.take(c.result, c.flags));
             return;
         };
-        if !up.paused {
-            return;
-        }
-        up.paused = false;
-        let epoch = up.epoch;
-        self.arm_up_recv_if(si, epoch);
-    }
-
-    pub(super) fn on_up_recv(&mut self, si: usize, epoch: u32, res: i32, flags: u32) {
-        let buf = if res > 0 {
-            self.bufs.take(flags, res as usize)
-        } else {
-            None
-        };
-        let (shard, id) = (self.index, self.sessions.get(si).map_or(0, |s| s.id));
-        let Some(up) = self.up(si, epoch) else {
-            if let Some((bid, _, _)) = buf {
-                self.bufs.push(bid);
-            }
-            return;
-        };
-        if !is_more(flags) {
-            up.recv_armed = false;
-            up.ops -= 1;
-        }
-        match buf {
-            Some((bid, ptr, len)) => {
-                // SAFETY: see `on_recv`.
-                let data = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
-                self.upstream_bytes(si, data);
-                self.bufs.push(bid);
-            }
-            None if res == 0 => {
-                up.eof = true;
-                debug!(shard, session = id, "upstream closed");
-                self.close_up(si);
-                self.check_finished(si);
-            }
-            None if res == -libc::ENOBUFS => self.rearm_ups.push((si, epoch)),
-            None if res == -libc::ECANCELED => {}
-            None if res < 0 => {
-                let e = std::io::Error::from_raw_os_error(-res);
-                debug!(shard, session = id, "upstream receive failed: {e}");
-                up.eof = true;
-                self.close_up(si);
-                self.check_finished(si);
-            }
-            None => {}
-        }
-        if let Some(up) = self.up(si, epoch) {
-            if !up.recv_armed && !up.paused && !up.eof {
-                self.rearm_ups.push((si, epoch));
-            }
-        }
-        self.maybe_free_session(si);
-    }
-
-    pub(super) fn upstream_bytes(&mut self, si: usize, data: &mut [u8]) {
-        let s = &mut self.sessions[si];
-        if s.closing.is_some() {
-            return;
-        }
-        let Peer::Up(up) = &mut s.peer else { return };
-        // A chained SCP upstream: finish its handshake first, then decrypt.
-        let mut start = 0;
-        if let UpState::Handshake(hs) = &mut up.state {
-            start = hs.recv(data);
-            match hs.poll() {
-                ClientEvent::NeedMore => return,
-                ClientEvent::Established { id, secret } => {
-                    let session = Session::new(id, secret, self.cfg.reuse_buffer);
-                    let mut out = Outbound::Scp(Box::new(session));
-                    up.state = UpState::Open;
-                    if let Some(proxy) = self.proxy() {
-                        self.announce_into(si, &mut out, &*proxy);
-                    }
-                    let Peer::Up(up) = &mut self.sessions[si].peer else {
-                        return;
-                    };
-                    up.out = Some(out);
-                    self.drain_from_client(si);
-                    self.flush_up(si);
-                }
-                _ => {
-                    warn!(
-                        shard = self.index,
-                        session = self.sessions[si].id,
-                        "upstream SCP handshake failed"
-                    );
-                    self.close_session(si, CloseReason::UpstreamHandshake);
-                    return;
-                }
-            }
-        }
-        let data = &mut data[start..];
-        if data.is_empty() {
-            return;
-        }
-        let Peer::Up(up) = &mut self.sessions[si].peer else {
-            return;
-        };
-        if let Some(session) = up.out.as_mut().and_then(|o| o.session_mut()) {
-            session.decrypt(data);
-        }
-        let s = &mut self.sessions[si];
-        if !s.from_peer.is_empty() {
-            s.from_peer.extend_from_slice(data);
-            return;
-        }
-        let n = self.deliver_to_client(si, data);
-        if n < data.len() {
-            self.sessions[si].from_peer.extend_from_slice(&data[n..]);
-            self.pause_up_recv(si);
-        }
-    }
-
-    pub(super) fn flush_up(&mut self, si: usize) {
-        let Some(s) = self.sessions.get_mut(si) else {
-            return;
-        };
-        let Peer::Up(up) = &mut s.peer else { return };
-        let Some(slot) = up.slot else { return };
-        if up.hs_sending
-            || up.send_len > 0
-            || matches!(up.state, UpState::Connecting | UpState::Closed)
-        {
-            return;
-        }
-        let epoch = up.epoch;
-        if up.hs_sent < up.hs_out.len() {
-            let rest = &up.hs_out[up.hs_sent..];
-            up.hs_sending = true;
-            up.ops += 1;
-            s.io_refs += 1;
-            let e = opcode::Send::new(types::Fixed(slot), rest.as_ptr(), rest.len() as u32)
-                .build()
-                .user_data(token::encode(Op::UpSend, si, epoch));
-            self.push(e);
-            return;
-        }
-        let Some(out) = up.out.as_mut() else { return };
-        let Some(op) = out.next_send(types::Fixed(slot), 0, &mut self.meta_pool) else {
-            return;
-        };
-        up.send_len = op.len;
-        up.send_meta = op.meta;
-        up.ops += 1;
-        s.io_refs += 1;
-        self.push(op.entry.user_data(token::encode(Op::UpSend, si, epoch)));
-    }
-
-    pub(super) fn on_up_send(&mut self, si: usize, epoch: u32, res: i32) {
-        let Some(up) = self.up(si, epoch) else { return };
-        up.ops -= 1;
-        let meta = up.send_meta.take();
-        let was_hs = std::mem::take(&mut up.hs_sending);
-        let len = std::mem::take(&mut up.send_len);
-        if let Some(meta) = meta {
-            self.meta_pool.push(meta);
-        }
-        let s = &mut self.sessions[si];
-        s.io_refs -= 1;
-        let Peer::Up(up) = &mut s.peer else { return };
-        if res < 0 {
-            if !matches!(up.state, UpState::Closed) {
+        match ep.on_recv(&c, &self.bufs) {
+            Received::Data(mut buf) => self.sessions[si].relay.handle_peer_bytes(&mut buf),
+            Received::Eof => {
                 debug!(
                     shard = self.index,
-                    session = s.id,
-                    "upstream send failed: {}",
-                    std::io::Error::from_raw_os_error(-res)
+                    session = self.sessions[si].id,
+                    "upstream closed"
                 );
-                up.eof = true;
-                self.close_up(si);
-                self.check_finished(si);
+                self.sessions[si].relay.handle_peer_eof();
             }
-            self.maybe_free_session(si);
-            return;
-        }
-        if was_hs {
-            up.hs_sent += res as usize;
-            if up.hs_sent >= up.hs_out.len() {
-                up.hs_out = Vec::new();
+            Received::Failed(e) => {
+                let e = std::io::Error::from_raw_os_error(-e);
+                debug!(
+                    shard = self.index,
+                    session = self.sessions[si].id,
+                    "upstream receive failed: {e}"
+                );
+                self.sessions[si].relay.handle_peer_eof();
             }
-        } else if let Some(out) = up.out.as_mut() {
-            out.sent((res as usize).min(len));
+            Received::Ended => {}
         }
-        self.flush_up(si);
-        self.drain_from_client(si);
-        self.check_finished(si);
-        self.maybe_free_session(si);
+        self.sync(si);
     }
 
-    pub(super) fn close_up(&mut self, si: usize) {
-        let Peer::Up(up) = &mut self.sessions[si].peer else {
+    pub(super) fn on_up_send(&mut self, si: usize, epoch: u32, c: Completion<Tag>) {
+        let Some(up) = self.up_mut(si, epoch) else {
+            self.recycle(c.mem);
             return;
         };
-        if matches!(up.state, UpState::Closed) && up.slot.is_none() {
+        let stream = std::mem::take(&mut up.sending_stream);
+        let Link::Open(ep) = &mut up.link else {
+            self.recycle(c.mem);
+            return;
+        };
+        let res = ep.on_send(&c);
+        let short_prelude =
+            !stream && matches!(&c.mem, Owned::Bytes(b) if (res as usize) < b.len());
+        self.recycle(c.mem);
+        if res < 0 || short_prelude {
+            debug!(
+                shard = self.index,
+                session = self.sessions[si].id,
+                "upstream send failed: {}",
+                std::io::Error::from_raw_os_error(-res.min(-1))
+            );
+            self.sessions[si].relay.handle_peer_eof();
+        } else if stream {
+            self.sessions[si].relay.handle_peer_sent(res as usize);
+        }
+        self.sync(si);
+    }
+
+    /// Keeps the upstream endpoint in line with the session core: its room,
+    /// the SCP handshake request first, then the stream; closed once the
+    /// session or the link has ended.
+    pub(super) fn sync_up(&mut self, si: usize) {
+        let Shard {
+            d,
+            sessions,
+            bufs,
+            recv_policy,
+            meta_pool,
+            ..
+        } = self;
+        let Some(s) = sessions.get_mut(si) else {
+            return;
+        };
+        let Some(up) = s.up.as_deref_mut() else {
+            return;
+        };
+        let ended = s.ended || s.relay.peer_ended();
+        let Link::Open(ep) = &mut up.link else {
+            if ended && !matches!(up.link, Link::Socket) {
+                if let Link::Connecting(ep) = &mut up.link {
+                    ep.close(d, Some(Tag::shard(Op::UpClose)));
+                }
+                up.link = Link::Gone;
+                s.up = None;
+            }
+            return;
+        };
+        if ended {
+            ep.close(d, Some(Tag::shard(Op::UpClose)));
+            up.link = Link::Gone;
+            s.up = None;
             return;
         }
-        up.state = UpState::Closed;
         let epoch = up.epoch;
-        if let Some(slot) = up.slot.take() {
-            up.ops += 1;
-            self.cancel_and_close(slot, token::encode(Op::UpClose, si, epoch));
+        let room = s.relay.peer_room();
+        let paused = ep.sync_recv(d, bufs, recv_policy, room, Tag::new(Op::UpRecv, si, epoch));
+        if ep.sending() {
+            if paused {
+                self.count(|s| &s.paused);
+            }
+            return;
+        }
+        let tag = Tag::new(Op::UpSend, si, epoch);
+        if let Some(prelude) = s.relay.take_peer_prelude() {
+            ep.send_owned(d, prelude, tag);
+        } else if let Some(pieces) = s.relay.peer_pieces() {
+            let meta = meta_pool.pop().unwrap_or_else(MsgHeader::boxed);
+            let sent = ep.send_pieces(d, pieces, meta, tag);
+            if let Some(op) = ep.send_op().filter(|_| sent > 0) {
+                up.sending_stream = true;
+                s.reads.retain(|&r| d.is_in_flight(r));
+                s.reads.push(op);
+            }
+        }
+        if paused {
+            self.count(|s| &s.paused);
         }
     }
 
-    pub(super) fn on_up_closed(&mut self, si: usize, epoch: u32) {
-        if let Some(up) = self.up(si, epoch) {
-            up.ops -= 1;
-        }
-        self.maybe_free_session(si);
+    /// Closes the session's upstream link, whatever state it is in.
+    pub(super) fn close_up(&mut self, si: usize) {
+        self.sync_up(si);
     }
 }

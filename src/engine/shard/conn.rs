@@ -1,0 +1,274 @@
+//! A client connection: its greeting (the first SCP record), the answer
+//! written before any session byte, and its endpoint kept in line with
+//! what its session wants.
+
+use super::*;
+use crate::proto::message::{Status, encode_record};
+use crate::proto::server::ServerEvent;
+
+impl Shard {
+    pub(super) fn on_recv(&mut self, ci: usize, epoch: u32, c: Completion<Tag>) {
+        let Some(conn) = self.conns.get_mut(ci).filter(|x| x.epoch == epoch) else {
+            // A late receive on a closed connection: its buffer goes back.
+            drop(self.bufs.take(c.result, c.flags));
+            return;
+        };
+        match conn.ep.on_recv(&c, &self.bufs) {
+            super::super::endpoint::Received::Data(mut buf) => {
+                conn.last_rx = Instant::now();
+                self.client_data(ci, &mut buf);
+            }
+            super::super::endpoint::Received::Eof => {
+                self.client_gone(ci, "client closed the connection")
+            }
+            super::super::endpoint::Received::Failed(e) => {
+                let e = std::io::Error::from_raw_os_error(-e);
+                self.client_gone(ci, &format!("receive failed: {e}"))
+            }
+            super::super::endpoint::Received::Ended => {}
+        }
+        if let Some(si) = self.attached(ci) {
+            self.sync(si);
+        } else if self.conns.contains(ci) {
+            self.sync_conn(ci);
+        }
+    }
+
+    /// The session `ci` carries, if any.
+    pub(super) fn attached(&self, ci: usize) -> Option<usize> {
+        match self.conns.get(ci)?.state {
+            ConnState::Attached(si, sg) if self.sessions.get(si)?.epoch == sg => Some(si),
+            _ => None,
+        }
+    }
+
+    fn client_data(&mut self, ci: usize, data: &mut [u8]) {
+        let conn = &mut self.conns[ci];
+        match &mut conn.state {
+            ConnState::Attached(si, sg) => {
+                let (si, sg) = (*si, *sg);
+                if let Some(s) = self.sessions.get_mut(si).filter(|s| s.epoch == sg) {
+                    s.relay.handle_client_bytes(data);
+                }
+            }
+            ConnState::Greeting(_) => self.greet(ci, data),
+            // Read after the resume record but before the hand-over: travels
+            // along (bounded by the greeting's receive room).
+            ConnState::HandingOff { raw, .. } => raw.extend_from_slice(data),
+            ConnState::Opening | ConnState::Finishing => {}
+        }
+    }
+
+    /// Bytes of a connection's first record (and what follows it).
+    pub(super) fn greet(&mut self, ci: usize, data: &mut [u8]) {
+        let ConnState::Greeting(g) = &mut self.conns[ci].state else {
+            return;
+        };
+        g.raw.extend_from_slice(data);
+        let used = g.hs.recv(data);
+        match g.hs.poll() {
+            ServerEvent::NeedMore | ServerEvent::Done => {}
+            ServerEvent::Failed(err) => {
+                let answer = g.hs.take_output();
+                self.fail_greeting(ci, &err.to_string(), answer);
+            }
+            ServerEvent::NewSession(req) => {
+                let rest = data[used..].to_vec();
+                self.new_session(ci, req.target, req.flag.unwrap_or(0), rest);
+            }
+            ServerEvent::Resume(req) => {
+                let owner = self.ids.space().owner(req.id);
+                if owner != self.index && owner < self.cfg.shards {
+                    self.hand_off(ci, owner);
+                } else {
+                    let rest = data[used..].to_vec();
+                    self.resume(ci, req, rest);
+                }
+            }
+        }
+    }
+
+    /// The greeting is over, one way or the other.
+    pub(super) fn end_greeting(&mut self, ci: usize) -> Option<Box<Greeting>> {
+        let conn = &mut self.conns[ci];
+        if !matches!(conn.state, ConnState::Greeting(_)) {
+            return None;
+        }
+        self.greeting -= 1;
+        match std::mem::replace(&mut conn.state, ConnState::Finishing) {
+            ConnState::Greeting(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// A greeting that failed: write `answer` (if any), then close.
+    pub(super) fn fail_greeting(&mut self, ci: usize, why: &str, answer: Vec<u8>) {
+        self.end_greeting(ci);
+        self.count(|s| &s.handshake_failed);
+        let conn = &mut self.conns[ci];
+        debug!(shard = self.index, peer = %Addr(conn.peer), "handshake failed: {why}");
+        conn.answer = answer;
+        conn.state = ConnState::Finishing;
+    }
+
+    /// Answers a resume with an error `status`, then closes.
+    pub(super) fn refuse_resume(&mut self, ci: usize, status: Status) {
+        self.count(|s| &s.resumes_failed);
+        let mut g = self.end_greeting(ci).unwrap_or_default();
+        g.hs.answer_resume(0, status);
+        let conn = &mut self.conns[ci];
+        conn.answer = g.hs.take_output();
+        conn.state = ConnState::Finishing;
+    }
+
+    /// Answers with a bare status record (for a resume that could not be
+    /// handed over), then closes.
+    pub(super) fn finish_with(&mut self, ci: usize, status: &[u8]) {
+        let conn = &mut self.conns[ci];
+        let mut out = Vec::new();
+        encode_record(status, &mut out);
+        conn.answer = out;
+        conn.state = ConnState::Finishing;
+    }
+
+    /// The client's connection ended (or must end).
+    pub(super) fn client_gone(&mut self, ci: usize, why: &str) {
+        let conn = &mut self.conns[ci];
+        let peer = conn.peer;
+        match std::mem::replace(&mut conn.state, ConnState::Finishing) {
+            ConnState::Greeting(_) => {
+                self.greeting -= 1;
+                self.count(|s| &s.handshake_failed);
+                debug!(shard = self.index, peer = %Addr(peer), "connection closed during handshake: {why}");
+            }
+            ConnState::Attached(si, sg) => self.detach(si, sg, ci, why),
+            _ => {}
+        }
+        self.close_conn(ci);
+    }
+
+    /// Closes the connection and forgets it: what its operations still use
+    /// they own, and their late completions find no entry.
+    pub(super) fn close_conn(&mut self, ci: usize) {
+        let Some(mut conn) = self.conns.try_remove(ci) else {
+            return;
+        };
+        if matches!(conn.state, ConnState::Greeting(_)) {
+            self.greeting -= 1;
+        }
+        conn.ep
+            .close(&mut self.d, Some(Tag::new(Op::Close, ci, conn.epoch)));
+    }
+
+    /// Keeps connection `ci`'s endpoint in line with its state: the room it
+    /// may receive, the answer or session bytes to send, the close after a
+    /// final answer, the hand-over once its receive has ended.
+    pub(super) fn sync_conn(&mut self, ci: usize) {
+        let Some(conn) = self.conns.get_mut(ci) else {
+            return;
+        };
+        let epoch = conn.epoch;
+        let room = match conn.state {
+            ConnState::Greeting(_) => GREETING_ROOM,
+            ConnState::Attached(si, sg) => self
+                .sessions
+                .get(si)
+                .filter(|s| s.epoch == sg)
+                .map_or(0, |s| s.relay.client_room()),
+            ConnState::HandingOff { .. } | ConnState::Opening | ConnState::Finishing => 0,
+        };
+        if let ConnState::HandingOff { .. } = conn.state {
+            if !conn.ep.stop_recv(&mut self.d) {
+                self.send_handoff(ci);
+            }
+            return;
+        }
+        let paused = conn.ep.sync_recv(
+            &mut self.d,
+            &self.bufs,
+            &self.recv_policy,
+            room,
+            Tag::new(Op::Recv, ci, epoch),
+        );
+        if paused && matches!(conn.state, ConnState::Attached(..)) {
+            self.count(|s| &s.paused);
+        }
+        let conn = &mut self.conns[ci];
+        if conn.ep.sending() {
+            return;
+        }
+        if !conn.answer.is_empty() {
+            let answer = std::mem::take(&mut conn.answer);
+            conn.sending_session = false;
+            conn.ep
+                .send_owned(&mut self.d, answer, Tag::new(Op::Send, ci, epoch));
+            return;
+        }
+        match conn.state {
+            ConnState::Finishing => self.close_conn(ci),
+            ConnState::Attached(si, sg) => {
+                let meta = self.meta();
+                let Shard {
+                    d,
+                    sessions,
+                    conns,
+                    meta_pool,
+                    ..
+                } = self;
+                let conn = &mut conns[ci];
+                let Some(s) = sessions.get_mut(si).filter(|s| s.epoch == sg) else {
+                    meta_pool.push(meta);
+                    return;
+                };
+                let tag = Tag::new(Op::Send, ci, epoch);
+                let sent = conn.ep.send_pieces(d, s.relay.client_pieces(), meta, tag);
+                match conn.ep.send_op() {
+                    Some(op) if sent > 0 => {
+                        conn.sending_session = true;
+                        s.reads.retain(|&r| d.is_in_flight(r));
+                        s.reads.push(op);
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn on_send(&mut self, ci: usize, epoch: u32, c: Completion<Tag>) {
+        let Some(conn) = self.conns.get_mut(ci).filter(|x| x.epoch == epoch) else {
+            self.recycle(c.mem);
+            return;
+        };
+        let res = conn.ep.on_send(&c);
+        let session = std::mem::take(&mut conn.sending_session);
+        if res < 0 {
+            self.recycle(c.mem);
+            let e = std::io::Error::from_raw_os_error(-res);
+            self.client_gone(ci, &format!("send failed: {e}"));
+            return;
+        }
+        let n = res as usize;
+        if session {
+            self.recycle(c.mem);
+            if let Some(si) = self.attached(ci) {
+                self.sessions[si].relay.handle_client_sent(n);
+                self.sync(si);
+            }
+            return;
+        }
+        // An answer: a short send leaves the rest to go first next time.
+        if let crate::engine::ring::Owned::Bytes(b) = c.mem {
+            if n < b.len() {
+                let conn = &mut self.conns[ci];
+                let mut rest = b[n..].to_vec();
+                rest.append(&mut conn.answer);
+                conn.answer = rest;
+            }
+        }
+        match self.attached(ci) {
+            Some(si) => self.sync(si),
+            None => self.sync_conn(ci),
+        }
+    }
+}
