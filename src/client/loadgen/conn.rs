@@ -6,6 +6,8 @@
 //! the receiver regenerates what it expects as the echo streams in, across
 //! any number of resumes.
 
+use crate::engine::endpoint::Endpoint;
+use crate::engine::ring::OpId;
 use crate::proto::replay::ReplayWindow;
 use crate::proto::session::Session;
 use std::collections::VecDeque;
@@ -182,22 +184,23 @@ pub struct Conn {
     pub id: u64,
     /// Generation of the current attempt; completions of older ones are stale.
     pub epoch: u32,
-    /// Direct descriptor of the current socket.
-    pub slot: Option<u32>,
+    /// The current socket.
+    pub ep: Option<Endpoint>,
+    /// The connect in flight on it (cancelled by its own id if the socket
+    /// is dropped first).
+    pub connect_op: Option<OpId>,
     /// What it is doing.
     pub phase: Phase,
     /// The handshake in progress.
     pub hs: Option<Box<crate::proto::client::ClientHandshake>>,
-    /// Handshake bytes to send and how many went.
+    /// Handshake bytes not yet handed to a send (a send owns its bytes).
     pub hs_out: Vec<u8>,
-    /// Handshake bytes already sent.
-    pub hs_sent: usize,
-    /// A send (handshake or stream) is in flight.
-    pub sending: bool,
-    /// The multishot receive is armed.
-    pub recv_armed: bool,
     /// The stream's sending side; `None` before the first session.
     pub tx: Option<Tx>,
+    /// The send in flight that reads from `tx`'s window, on the current
+    /// socket or on one already dropped. At most one at a time: the window
+    /// is neither sent from again, written over nor freed while it runs.
+    pub window_send: Option<OpId>,
     /// Next message number to commit.
     pub tx_msg: u64,
     /// Message whose echo is being received.
@@ -230,14 +233,13 @@ impl Conn {
         Conn {
             id,
             epoch: 0,
-            slot: None,
+            ep: None,
+            connect_op: None,
             phase: Phase::Idle,
             hs: None,
             hs_out: Vec::new(),
-            hs_sent: 0,
-            sending: false,
-            recv_armed: false,
             tx: None,
+            window_send: None,
             tx_msg: 0,
             rx_msg: 0,
             rx_off: 0,
@@ -253,17 +255,28 @@ impl Conn {
         }
     }
 
-    /// Forgets the stream (the session is gone); returns the bytes that were
-    /// committed and will now never be echoed.
-    pub fn reset_stream(&mut self) -> usize {
+    /// Whether a send from the window is still in flight on a socket that
+    /// was dropped: until it completes the window must not be sent from or
+    /// written to (a resume may have declared its bytes free).
+    pub fn window_busy_elsewhere(&self) -> bool {
+        self.window_send.is_some()
+            && self.ep.as_ref().and_then(Endpoint::send_op) != self.window_send
+    }
+
+    /// Forgets the stream (the session is gone). Returns the bytes that were
+    /// committed and will now never be echoed, and, when a send still reads
+    /// the old window, that send with the old sending side: the caller hands
+    /// it to the ring driver to keep until the send completes.
+    pub fn reset_stream(&mut self) -> (usize, Option<(OpId, Tx)>) {
         let lost = self.unechoed;
-        self.tx = None;
+        let old = self.tx.take();
+        let busy = self.window_send.take().zip(old);
         self.tx_msg = 0;
         self.rx_msg = 0;
         self.rx_off = 0;
         self.unechoed = 0;
         self.sent_at.clear();
-        lost
+        (lost, busy)
     }
 }
 
@@ -316,6 +329,51 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::ring::{Driver, Owned};
+    use crate::proto::replay::PAGE;
+    use io_uring::{opcode, types};
+
+    /// An operation that stays in flight (a long timeout), for its id.
+    fn pending(d: &mut Driver<u8>) -> OpId {
+        let ts = Box::new(types::Timespec::new().sec(30));
+        d.push(opcode::Timeout::new(&*ts).build(), Some(1), Owned::Time(ts))
+    }
+
+    #[test]
+    fn a_reset_hands_over_a_window_still_being_sent() {
+        let mut d = Driver::new(io_uring::IoUring::new(8).unwrap());
+        let op = pending(&mut d);
+        let mut c = Conn::new(1);
+        c.tx = Some(Tx::Plain(ReplayWindow::new(PAGE)));
+        c.unechoed = 10;
+        c.window_send = Some(op);
+        // No socket: the send belongs to one that was dropped.
+        assert!(c.window_busy_elsewhere());
+        let (lost, busy) = c.reset_stream();
+        assert_eq!(lost, 10);
+        let (kept_for, _tx) = busy.expect("the window goes with its send");
+        assert_eq!(kept_for, op);
+        assert!(c.tx.is_none() && c.window_send.is_none());
+        assert!(!c.window_busy_elsewhere());
+
+        // Without a send in flight the window is simply dropped.
+        c.tx = Some(Tx::Plain(ReplayWindow::new(PAGE)));
+        assert!(c.reset_stream().1.is_none());
+    }
+
+    #[test]
+    fn the_current_sockets_send_is_not_busy_elsewhere() {
+        let mut d = Driver::new(io_uring::IoUring::new(8).unwrap());
+        let mut ep = Endpoint::new(0);
+        ep.send_owned(&mut d, vec![1, 2, 3], 2);
+        let mut c = Conn::new(1);
+        c.window_send = ep.send_op();
+        c.ep = Some(ep);
+        assert!(!c.window_busy_elsewhere());
+        // The socket is dropped with its send in flight.
+        c.ep = Some(Endpoint::new(1));
+        assert!(c.window_busy_elsewhere());
+    }
 
     fn committed(p: &Pattern, c: &mut Conn, n: u64) -> Vec<u8> {
         let mut all = Vec::new();

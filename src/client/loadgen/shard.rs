@@ -1,24 +1,27 @@
-//! One load-generator shard: a thread with its own io_uring, its share of
-//! the connections as direct descriptors, and multishot receives into a
-//! provided-buffer ring.
+//! One load-generator shard: a thread with its own io_uring (through the
+//! shared ring driver), its share of the connections as direct descriptors,
+//! and receives into a provided-buffer ring.
 //!
 //! Opening a connection is `Socket` (into an auto-allocated direct slot),
 //! then a linked chain `SetSockOpt(TCP_NODELAY)` [→ `SetSockOpt(IP_BIND_ADDRESS_NO_PORT)`
-//! → `Bind`] → `Connect` → `LinkTimeout`. A drop for a resume is a reset:
-//! `SetSockOpt(SO_LINGER 0)` → `Close`, after cancelling the socket's
-//! operations. Completions carry (op, connection, epoch) tokens; a new
-//! attempt bumps the epoch so completions of the old socket are recognised
-//! and ignored.
+//! → `Bind`] → `Connect` → `LinkTimeout`, handed to the driver whole so a
+//! full submission queue cannot split it. Each socket is an [`Endpoint`];
+//! a drop for a resume is [`Endpoint::abort`] (a reset), any other drop
+//! [`Endpoint::close`]. Neither cancels by descriptor, so nothing here makes
+//! the kernel scan the ring's requests. Completions carry a [`Tag`]
+//! (operation, connection, epoch); a new attempt bumps the epoch so
+//! completions of the old socket are recognised and ignored.
 
 use super::conn::{Conn, Pattern, Phase, Tx, verify};
 use super::report::ShardReport;
 use super::{Control, LoadgenConfig, LoadgenError, MAX_PENDING_PER_SHARD, Protocol, phase};
-use crate::engine::bufring::BufRing;
-use crate::engine::sys::{self, RawAddr};
+use crate::engine::endpoint::{self, Endpoint, Received, RecvPolicy};
+use crate::engine::ring::{self, BufRing, Completion, Driver, MsgHeader, Owned};
+use crate::engine::sys::{self, RawAddr, SetupError};
 use crate::proto::client::{ClientEvent, ClientHandshake};
 use crate::proto::replay::{PAGE, ReplayWindow};
 use crate::proto::session::Session;
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use io_uring::{opcode, types};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
@@ -32,6 +35,8 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(2);
 /// Connect, then handshake, must finish within this.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+/// The connect alone must finish within this (its linked timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Wait before retrying a failed connect or handshake.
 const RETRY_BACKOFF: Duration = Duration::from_secs(1);
 /// Consecutive failures after which a connection is given up.
@@ -40,38 +45,37 @@ const MAX_FAILURES: u32 = 8;
 const MAX_OUTSTANDING: usize = 32;
 /// How long the shard waits for its sockets to close at the end.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// Bytes a connection's receive may take before it is re-armed. The shard
+/// checks and drops every byte as it arrives, so this only bounds how long
+/// one multishot receive runs; large, so re-arms are rare.
+const RECV_ROOM: usize = 256 * 1024;
 
-/// What an operation was for (the top byte of `user_data`).
+/// What an operation was for.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[repr(u8)]
 enum Op {
-    Socket = 1,
+    Socket,
     Setup,
     Connect,
     Recv,
-    Send,
+    /// A send of handshake bytes (owned by the operation).
+    SendHandshake,
+    /// A send from the connection's window.
+    SendStream,
     Tick,
     Closed,
-    Ignore,
 }
 
-fn token(op: Op, idx: usize, epoch: u32) -> u64 {
-    ((op as u64) << 56) | (((idx as u64) & 0xff_ffff) << 32) | epoch as u64
+/// What a completion is about: the operation, the connection (its index in
+/// the shard) and the attempt (epoch) it belongs to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Tag {
+    op: Op,
+    conn: usize,
+    epoch: u32,
 }
 
-fn untoken(ud: u64) -> Option<(Op, usize, u32)> {
-    let op = match (ud >> 56) as u8 {
-        1 => Op::Socket,
-        2 => Op::Setup,
-        3 => Op::Connect,
-        4 => Op::Recv,
-        5 => Op::Send,
-        6 => Op::Tick,
-        7 => Op::Closed,
-        8 => Op::Ignore,
-        _ => return None,
-    };
-    Some((op, ((ud >> 32) & 0xff_ffff) as usize, ud as u32))
+fn tag(op: Op, conn: usize, epoch: u32) -> Tag {
+    Tag { op, conn, epoch }
 }
 
 /// Timer kinds.
@@ -79,26 +83,21 @@ const SEND_DUE: u8 = 0;
 const RECONNECT: u8 = 1;
 const ATTEMPT_DEADLINE: u8 = 2;
 
-static LINGER_RESET: libc::linger = libc::linger {
-    l_onoff: 1,
-    l_linger: 0,
-};
-
 struct Shard {
-    // The ring goes first so it is dropped before the memory its operations point into.
-    ring: IoUring,
+    // The driver goes first so its ring is dropped before the memory its
+    // operations point into (provided buffers, windows).
+    d: Driver<Tag>,
+    cqes: Vec<Completion<Tag>>,
     bufs: BufRing,
+    policy: RecvPolicy,
     cfg: Arc<LoadgenConfig>,
     ctl: Arc<Control>,
     index: usize,
     conns: Vec<Conn>,
     pattern: Pattern,
-    target: Box<RawAddr>,
-    target_len: u32,
+    target: (RawAddr, u32),
     sources: Box<[(RawAddr, u32)]>,
     next_source: usize,
-    connect_ts: Box<types::Timespec>,
-    tick_ts: Box<types::Timespec>,
     timers: BinaryHeap<Reverse<(Instant, u32, u32, u8)>>,
     window: usize,
     interval: Option<Duration>,
@@ -115,9 +114,12 @@ struct Shard {
     gave_up: u64,
     ticks: u64,
     scratch: Vec<u8>,
-    /// Handshake buffers whose send was still in flight when their socket
-    /// was dropped: kept until the end so the kernel never reads freed memory.
-    graveyard: Vec<Vec<u8>>,
+    /// Headers of gathered sends, back from their completions for reuse.
+    #[expect(
+        clippy::vec_box,
+        reason = "sends take and give back the box itself: reuse without allocating"
+    )]
+    headers: Vec<Box<MsgHeader>>,
     rearm: Vec<(usize, u32)>,
     closing: usize,
     rng: SmallRng,
@@ -154,15 +156,29 @@ impl Shard {
         cfg: Arc<LoadgenConfig>,
         ctl: Arc<Control>,
     ) -> Result<Shard, LoadgenError> {
-        let ring = sys::build_ring(4096)?;
+        let mut ring = ring::build(4096).map_err(|e| {
+            if ring::is_unavailable(&e) {
+                SetupError::Unavailable(e)
+            } else {
+                SetupError::Other(format!("cannot create an io_uring: {e}"))
+            }
+        })?;
         // Room for every connection twice over where the limit allows: a
         // dropped socket's slot is freed only when its close runs, which may
         // be after the replacement socket has taken one.
         sys::register_direct_table(&ring, count * 2 + super::SLOT_HEADROOM)?;
         let entries = (count.next_power_of_two()).clamp(64, 1024) as u16;
         let buf_size = (cfg.size_max + 2).clamp(4096, 16384);
-        let bufs = sys::register_buffers(&ring, entries, buf_size)?;
-        let (target, target_len) = RawAddr::from_socket_addr(cfg.connect);
+        let bufs =
+            BufRing::new(&ring, 0, entries, buf_size).map_err(|err| SetupError::Missing {
+                what: "provided buffer rings",
+                err,
+            })?;
+        let policy = RecvPolicy {
+            buf_size,
+            capped_multishot: endpoint::probe_capped_multishot(&bufs, &mut ring),
+        };
+        let target = RawAddr::from_socket_addr(cfg.connect);
         let sources: Box<[(RawAddr, u32)]> = cfg
             .source_ips
             .iter()
@@ -178,19 +194,18 @@ impl Shard {
             .map(|k| Conn::new((index + k * shards) as u64))
             .collect();
         Ok(Shard {
-            ring,
+            d: Driver::new(ring),
+            cqes: Vec::with_capacity(1024),
             bufs,
+            policy,
             pattern: Pattern::new(cfg.seed, cfg.size_min, cfg.size_max),
             next_source: index,
             cfg,
             ctl,
             index,
             conns,
-            target: Box::new(target),
-            target_len,
+            target,
             sources,
-            connect_ts: Box::new(types::Timespec::from(Duration::from_secs(10))),
-            tick_ts: Box::new(types::Timespec::from(TICK)),
             timers: BinaryHeap::new(),
             window,
             interval,
@@ -204,27 +219,12 @@ impl Shard {
             gave_up: 0,
             ticks: 0,
             scratch: Vec::with_capacity(frame),
-            graveyard: Vec::new(),
+            headers: Vec::new(),
             rearm: Vec::new(),
             closing: 0,
             rng: SmallRng::seed_from_u64(0x10ad ^ index as u64),
             report: ShardReport::new(),
         })
-    }
-
-    fn push(&mut self, entry: squeue::Entry) {
-        loop {
-            // SAFETY: every pointer an entry carries refers to memory that
-            // outlives the operation: boxed fields of the shard, statics, the
-            // window pages of a connection (never freed before the shard),
-            // or handshake buffers kept in `graveyard`.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                return;
-            }
-            if let Err(e) = self.ring.submit() {
-                tracing::warn!(shard = self.index, "io_uring submit failed: {e}");
-            }
-        }
     }
 
     fn new_epoch(&mut self) -> u32 {
@@ -233,30 +233,28 @@ impl Shard {
     }
 
     fn arm_tick(&mut self) {
-        let e = opcode::Timeout::new(&*self.tick_ts as *const _)
+        let ts = Box::new(types::Timespec::from(TICK));
+        let e = opcode::Timeout::new(&*ts)
             .count(0)
             .flags(types::TimeoutFlags::MULTISHOT)
-            .build()
-            .user_data(token(Op::Tick, 0, 0));
-        self.push(e);
+            .build();
+        self.d.push(e, Some(tag(Op::Tick, 0, 0)), Owned::Time(ts));
     }
 
     fn run(mut self) -> ShardReport {
         self.arm_tick();
-        let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(1024);
         let mut stop_at: Option<Instant> = None;
         loop {
-            sys::submit_and_reap(&mut self.ring, 1, &mut cqes);
-            for &(ud, res, flags) in &cqes {
-                self.dispatch(ud, res, flags);
+            let mut cqes = std::mem::take(&mut self.cqes);
+            self.d.submit_and_reap(true, &mut cqes);
+            for c in cqes.drain(..) {
+                self.dispatch(c);
             }
-            self.bufs.publish();
+            self.cqes = cqes;
+            // Re-armed after the batch, once the buffers it used are back.
             for (i, epoch) in std::mem::take(&mut self.rearm) {
                 let c = &self.conns[i];
-                if c.epoch == epoch
-                    && !c.recv_armed
-                    && matches!(c.phase, Phase::Handshake | Phase::Open)
-                {
+                if c.epoch == epoch && matches!(c.phase, Phase::Handshake | Phase::Open) {
                     self.arm_recv(i);
                 }
             }
@@ -270,24 +268,21 @@ impl Shard {
         self.finish()
     }
 
-    fn dispatch(&mut self, ud: u64, res: i32, flags: u32) {
-        let Some((op, i, epoch)) = untoken(ud) else {
-            return;
-        };
+    fn dispatch(&mut self, c: Completion<Tag>) {
+        let Tag { op, conn: i, epoch } = c.tag;
         match op {
-            Op::Socket => self.on_socket(i, epoch, res),
+            Op::Socket => self.on_socket(i, epoch, c.result),
             Op::Setup => {
-                if res < 0 && self.current(i, epoch) {
-                    let e = std::io::Error::from_raw_os_error(-res);
+                if c.result < 0 && self.current(i, epoch) {
+                    let e = std::io::Error::from_raw_os_error(-c.result);
                     self.report.error(format!("socket setup (bind): {e}"));
                 }
             }
-            Op::Connect => self.on_connect(i, epoch, res),
-            Op::Recv => self.on_recv(i, epoch, res, flags),
-            Op::Send => self.on_send(i, epoch, res),
-            Op::Tick => self.on_tick(flags),
+            Op::Connect => self.on_connect(i, epoch, c.result),
+            Op::Recv => self.on_recv(i, epoch, &c),
+            Op::SendHandshake | Op::SendStream => self.on_send(i, epoch, c),
+            Op::Tick => self.on_tick(c.more()),
             Op::Closed => self.closing = self.closing.saturating_sub(1),
-            Op::Ignore => {}
         }
     }
 
@@ -311,8 +306,11 @@ impl Shard {
             c.in_ramp = true;
             self.ramping += 1;
         }
-        let e = sys::direct_tcp_socket(&self.cfg.connect).user_data(token(Op::Socket, i, epoch));
-        self.push(e);
+        self.d.push(
+            sys::direct_tcp_socket(&self.cfg.connect),
+            Some(tag(Op::Socket, i, epoch)),
+            Owned::None,
+        );
         self.timers.push(Reverse((
             Instant::now() + ATTEMPT_TIMEOUT,
             i as u32,
@@ -324,7 +322,8 @@ impl Shard {
     fn on_socket(&mut self, i: usize, epoch: u32, res: i32) {
         if !self.current(i, epoch) || self.conns[i].phase != Phase::Connecting {
             if res >= 0 {
-                self.close_slot(res as u32, false, None);
+                // The attempt was abandoned while its socket was being made.
+                Endpoint::new(res as u32).close(&mut self.d, None);
             }
             return;
         }
@@ -351,49 +350,62 @@ impl Shard {
             return;
         }
         let slot = res as u32;
-        self.conns[i].slot = Some(slot);
         let fixed = types::Fixed(slot);
-        let nodelay = sys::enable_sockopt(fixed, libc::IPPROTO_TCP, libc::TCP_NODELAY)
-            .flags(squeue::Flags::IO_LINK)
-            .user_data(token(Op::Setup, i, epoch));
-        self.push(nodelay);
-        if !self.sources.is_empty() {
-            let (addr, len) = {
-                let k = self.next_source % self.sources.len();
-                self.next_source = self.next_source.wrapping_add(1);
-                let (a, l) = &self.sources[k];
-                (a as *const RawAddr, *l)
-            };
+        let setup = || Some(tag(Op::Setup, i, epoch));
+        let nodelay = (
+            sys::enable_sockopt(fixed, libc::IPPROTO_TCP, libc::TCP_NODELAY),
+            setup(),
+            Owned::None,
+        );
+        // Each operation owns the address and the duration it points at.
+        let target = Box::new(self.target.0);
+        let connect = (
+            opcode::Connect::new(fixed, target.as_sockaddr(), self.target.1).build(),
+            Some(tag(Op::Connect, i, epoch)),
+            Owned::Addr(target),
+        );
+        let ts = Box::new(types::Timespec::from(CONNECT_TIMEOUT));
+        let timeout = (
+            opcode::LinkTimeout::new(&*ts).build(),
+            None,
+            Owned::Time(ts),
+        );
+        let connect_op = if self.sources.is_empty() {
+            let [_, op, _] = self.d.push_linked([nodelay, connect, timeout], false);
+            op
+        } else {
+            let k = self.next_source % self.sources.len();
+            self.next_source = self.next_source.wrapping_add(1);
+            let (addr, len) = self.sources[k];
+            let addr = Box::new(addr);
             // Choose the port at connect time, from the whole 4-tuple: with
             // a port chosen at bind time each source address would be
             // limited to one connection per port across all destinations.
-            let no_port =
-                sys::enable_sockopt(fixed, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT)
-                    .flags(squeue::Flags::IO_LINK)
-                    .user_data(token(Op::Setup, i, epoch));
-            // SAFETY: `addr` points into the boxed slice `sources`, alive as long as the shard.
-            let bind = opcode::Bind::new(fixed, unsafe { (*addr).as_sockaddr() }, len)
-                .build()
-                .flags(squeue::Flags::IO_LINK)
-                .user_data(token(Op::Setup, i, epoch));
-            self.push(no_port);
-            self.push(bind);
-        }
-        let connect = opcode::Connect::new(fixed, self.target.as_sockaddr(), self.target_len)
-            .build()
-            .flags(squeue::Flags::IO_LINK)
-            .user_data(token(Op::Connect, i, epoch));
-        let timeout = opcode::LinkTimeout::new(&*self.connect_ts as *const _)
-            .build()
-            .user_data(token(Op::Ignore, 0, 0));
-        self.push(connect);
-        self.push(timeout);
+            let no_port = (
+                sys::enable_sockopt(fixed, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT),
+                setup(),
+                Owned::None,
+            );
+            let bind = (
+                opcode::Bind::new(fixed, addr.as_sockaddr(), len).build(),
+                setup(),
+                Owned::Addr(addr),
+            );
+            let [_, _, _, op, _] = self
+                .d
+                .push_linked([nodelay, no_port, bind, connect, timeout], false);
+            op
+        };
+        let c = &mut self.conns[i];
+        c.ep = Some(Endpoint::new(slot));
+        c.connect_op = Some(connect_op);
     }
 
     fn on_connect(&mut self, i: usize, epoch: u32, res: i32) {
         if !self.current(i, epoch) || self.conns[i].phase != Phase::Connecting {
             return;
         }
+        self.conns[i].connect_op = None;
         if res < 0 {
             let what = if res == -libc::ECANCELED {
                 "connect: timed out or setup failed".to_string()
@@ -425,7 +437,6 @@ impl Shard {
                     None => ClientHandshake::new_session(random, self.cfg.target.as_deref(), None),
                 };
                 c.hs_out = hs.take_output();
-                c.hs_sent = 0;
                 c.hs = Some(Box::new(hs));
                 c.phase = Phase::Handshake;
                 self.arm_recv(i);
@@ -489,7 +500,7 @@ impl Shard {
             return;
         }
         let c = &mut self.conns[i];
-        if !c.due || c.phase != Phase::Open {
+        if !c.due || c.phase != Phase::Open || c.window_busy_elsewhere() {
             return;
         }
         let limit = if self.interval.is_none() {
@@ -531,49 +542,82 @@ impl Shard {
     /// Starts the next send: handshake bytes first, then unsent stream bytes.
     fn flush(&mut self, i: usize) {
         let c = &mut self.conns[i];
-        if c.sending {
+        let epoch = c.epoch;
+        let Some(ep) = c.ep.as_mut() else { return };
+        if ep.sending() || ep.is_closed() {
             return;
         }
-        let Some(slot) = c.slot else { return };
-        let (ptr, len) = if c.hs_sent < c.hs_out.len() {
-            let rest = &c.hs_out[c.hs_sent..];
-            (rest.as_ptr(), rest.len())
-        } else if c.phase == Phase::Open {
-            let Some(tx) = c.tx.as_ref() else { return };
-            match tx.window().unsent_slices().next() {
-                Some(s) if !s.is_empty() => (s.as_ptr(), s.len()),
-                _ => return,
-            }
-        } else {
+        if !c.hs_out.is_empty() {
+            let bytes = std::mem::take(&mut c.hs_out);
+            ep.send_owned(&mut self.d, bytes, tag(Op::SendHandshake, i, epoch));
             return;
-        };
-        c.sending = true;
-        let e = opcode::Send::new(types::Fixed(slot), ptr, len as u32)
-            .build()
-            .user_data(token(Op::Send, i, c.epoch));
-        self.push(e);
+        }
+        // A window send still in flight here is a dropped socket's (this
+        // one's own would make `ep.sending()` true): wait for it.
+        if c.phase != Phase::Open || c.window_send.is_some() {
+            return;
+        }
+        let Some(tx) = c.tx.as_ref() else { return };
+        if tx.window().unsent() == 0 {
+            return;
+        }
+        let header = self.headers.pop().unwrap_or_else(MsgHeader::boxed);
+        // The window's pages stay put and its unsent bytes unchanged until
+        // this send completes; `window_send` keeps the window alive past a
+        // stream reset.
+        ep.send_pieces(
+            &mut self.d,
+            tx.window().unsent_slices(),
+            header,
+            tag(Op::SendStream, i, epoch),
+        );
+        c.window_send = ep.send_op();
     }
 
-    fn on_send(&mut self, i: usize, epoch: u32, res: i32) {
-        if !self.current(i, epoch) {
-            return;
-        }
+    fn on_send(&mut self, i: usize, epoch: u32, mut done: Completion<Tag>) {
         let c = &mut self.conns[i];
-        c.sending = false;
+        let read_window = done.tag.op == Op::SendStream && c.window_send == Some(done.op);
+        if read_window {
+            c.window_send = None;
+        }
+        let handshake = match std::mem::take(&mut done.mem) {
+            Owned::Msg(header) => {
+                self.headers.push(header);
+                None
+            }
+            Owned::Bytes(bytes) => Some(bytes),
+            _ => None,
+        };
+        let ep = match c.ep.as_mut() {
+            Some(ep) if c.epoch == epoch => ep,
+            _ => {
+                // A dropped socket's send: once it no longer reads the
+                // window, the current socket may send from it.
+                if read_window {
+                    self.flush(i);
+                    self.try_commit(i);
+                }
+                return;
+            }
+        };
+        let res = ep.on_send(&done);
         if res < 0 {
             let e = std::io::Error::from_raw_os_error(-res);
             self.broken(i, format!("send: {e}"));
             return;
         }
         let n = res as usize;
-        if c.hs_sent < c.hs_out.len() {
-            c.hs_sent += n;
-            if c.hs_sent >= c.hs_out.len() {
-                c.hs_out = Vec::new();
-                c.hs_sent = 0;
+        if let Some(mut bytes) = handshake {
+            if n < bytes.len() {
+                // The rest goes first, before anything queued since.
+                bytes.drain(..n);
+                bytes.append(&mut c.hs_out);
+                c.hs_out = bytes;
             }
-        } else if let Some(tx) = c.tx.as_mut() {
-            tx.window_mut().mark_sent(n);
+        } else if read_window {
+            if let Some(tx) = c.tx.as_mut() {
+                tx.window_mut().mark_sent(n);
+            }
         }
         self.flush(i);
         self.try_commit(i);
@@ -582,52 +626,43 @@ impl Shard {
     // ---- receiving -----------------------------------------------------------
 
     fn arm_recv(&mut self, i: usize) {
-        let bgid = self.bufs.bgid();
         let c = &mut self.conns[i];
-        let Some(slot) = c.slot else { return };
-        if c.recv_armed {
-            return;
-        }
-        c.recv_armed = true;
-        let e = opcode::RecvMulti::new(types::Fixed(slot), bgid)
-            .build()
-            .user_data(token(Op::Recv, i, c.epoch));
-        self.push(e);
+        let Some(ep) = c.ep.as_mut() else { return };
+        ep.sync_recv(
+            &mut self.d,
+            &self.bufs,
+            &self.policy,
+            RECV_ROOM,
+            tag(Op::Recv, i, c.epoch),
+        );
     }
 
-    fn on_recv(&mut self, i: usize, epoch: u32, res: i32, flags: u32) {
-        let buf = if res > 0 {
-            self.bufs.take(flags, res as usize)
-        } else {
-            None
+    fn on_recv(&mut self, i: usize, epoch: u32, done: &Completion<Tag>) {
+        let c = &mut self.conns[i];
+        let ep = match c.ep.as_mut() {
+            Some(ep) if c.epoch == epoch => ep,
+            _ => {
+                // A dropped socket's receive: only its buffer matters.
+                drop(self.bufs.take(done.result, done.flags));
+                return;
+            }
         };
-        if !self.current(i, epoch) {
-            if let Some((bid, _, _)) = buf {
-                self.bufs.push(bid);
-            }
-            return;
-        }
-        if !cqueue::more(flags) {
-            self.conns[i].recv_armed = false;
-        }
-        match buf {
-            Some((bid, ptr, len)) => {
-                // SAFETY: the kernel filled this buffer and leaves it alone
-                // until it is pushed back just below.
-                let data = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
-                self.on_data(i, data);
-                self.bufs.push(bid);
-            }
-            None if res == 0 => self.broken(i, "closed by the server".into()),
-            None if res == -libc::ENOBUFS || res == -libc::ECANCELED => {}
-            None if res < 0 => {
-                let e = std::io::Error::from_raw_os_error(-res);
+        match ep.on_recv(done, &self.bufs) {
+            // The buffer goes back to the kernel when `buf` drops, after
+            // its bytes were checked.
+            Received::Data(mut buf) => self.on_data(i, &mut buf[..]),
+            Received::Eof => self.broken(i, "closed by the server".into()),
+            Received::Failed(e) => {
+                let e = std::io::Error::from_raw_os_error(-e);
                 self.broken(i, format!("receive: {e}"));
             }
-            None => {}
+            Received::Ended => {}
         }
         let c = &self.conns[i];
-        if c.epoch == epoch && !c.recv_armed && matches!(c.phase, Phase::Handshake | Phase::Open) {
+        if c.epoch == epoch
+            && c.ep.as_ref().is_some_and(|ep| !ep.recv_in_flight())
+            && matches!(c.phase, Phase::Handshake | Phase::Open)
+        {
             self.rearm.push((i, epoch));
         }
     }
@@ -643,9 +678,9 @@ impl Shard {
                     ClientEvent::NeedMore => {}
                     ClientEvent::Established { id, secret } => {
                         c.hs = None;
-                        let lost = c.reset_stream();
-                        self.report.bytes_lost += lost as u64;
-                        c.tx = Some(Tx::Scp(Box::new(Session::new(id, secret, self.window))));
+                        self.reset_stream(i);
+                        self.conns[i].tx =
+                            Some(Tx::Scp(Box::new(Session::new(id, secret, self.window))));
                         self.opened(i);
                         self.stream_data(i, &mut data[used..]);
                     }
@@ -747,47 +782,19 @@ impl Shard {
         } else {
             Phase::Idle
         };
-        c.recv_armed = false;
         c.hs = None;
-        if c.sending && !c.hs_out.is_empty() {
-            self.graveyard.push(std::mem::take(&mut c.hs_out));
-        }
         c.hs_out = Vec::new();
-        c.hs_sent = 0;
-        c.sending = false;
-        if let Some(slot) = c.slot.take() {
-            self.close_slot(slot, reset, None);
-        }
+        release(&mut self.d, c, reset, None);
     }
 
-    fn close_slot(&mut self, slot: u32, reset: bool, count_as: Option<usize>) {
-        let fixed = types::Fixed(slot);
-        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(fixed).all())
-            .build()
-            .flags(squeue::Flags::IO_HARDLINK)
-            .user_data(token(Op::Ignore, 0, 0));
-        self.push(cancel);
-        if reset {
-            let linger = opcode::SetSockOpt::new(
-                fixed,
-                libc::SOL_SOCKET as u32,
-                libc::SO_LINGER as u32,
-                &LINGER_RESET as *const libc::linger as *const libc::c_void,
-                std::mem::size_of::<libc::linger>() as u32,
-            )
-            .build()
-            .flags(squeue::Flags::IO_HARDLINK)
-            .user_data(token(Op::Ignore, 0, 0));
-            self.push(linger);
+    /// Forgets connection `i`'s stream; a send still reading its window
+    /// keeps the window alive until it completes.
+    fn reset_stream(&mut self, i: usize) {
+        let (lost, busy) = self.conns[i].reset_stream();
+        self.report.bytes_lost += lost as u64;
+        if let Some((send, tx)) = busy {
+            self.d.keep_alive(send, Box::new(tx));
         }
-        let ud = match count_as {
-            Some(i) => {
-                self.closing += 1;
-                token(Op::Closed, i, 0)
-            }
-            None => token(Op::Ignore, 0, 0),
-        };
-        self.push(opcode::Close::new(fixed).build().user_data(ud));
     }
 
     /// Drops the connection with a reset and resumes it, as a client that
@@ -820,8 +827,7 @@ impl Shard {
         match (phase, self.cfg.protocol) {
             (Phase::Open, Protocol::Scp) => self.reconnect_after(i, self.cfg.resume_delay),
             (Phase::Open, Protocol::Plain) => {
-                let lost = self.conns[i].reset_stream();
-                self.report.bytes_lost += lost as u64;
+                self.reset_stream(i);
                 self.retry_later(i);
             }
             _ => self.retry_later(i),
@@ -831,15 +837,13 @@ impl Shard {
     /// The gate no longer knows the session: what was in flight is lost;
     /// open a new session in its place.
     fn session_lost(&mut self, i: usize) {
-        let lost = self.conns[i].reset_stream();
-        self.report.bytes_lost += lost as u64;
+        self.reset_stream(i);
         self.drop_socket(i, false);
         self.reconnect_after(i, self.cfg.resume_delay);
     }
 
     fn retry_later(&mut self, i: usize) {
-        let c = &mut self.conns[i];
-        if c.slot.is_some() {
+        if self.conns[i].ep.is_some() {
             self.drop_socket(i, false);
         }
         let c = &mut self.conns[i];
@@ -893,8 +897,8 @@ impl Shard {
 
     // ---- the clock -----------------------------------------------------------
 
-    fn on_tick(&mut self, flags: u32) {
-        if !cqueue::more(flags) && self.phase != phase::STOP {
+    fn on_tick(&mut self, more: bool) {
+        if !more && self.phase != phase::STOP {
             self.arm_tick();
         }
         self.ticks += 1;
@@ -1016,8 +1020,9 @@ impl Shard {
                 for i in 0..self.conns.len() {
                     let c = &mut self.conns[i];
                     c.epoch = c.epoch.wrapping_add(1);
-                    if let Some(slot) = c.slot.take() {
-                        self.close_slot(slot, false, Some(i));
+                    if c.ep.is_some() {
+                        self.closing += 1;
+                        release(&mut self.d, c, false, Some(tag(Op::Closed, i, 0)));
                     }
                 }
             }
@@ -1030,10 +1035,25 @@ impl Shard {
         for c in &self.conns {
             self.report.bytes_lost += c.unechoed as u64;
         }
-        // Let the kernel finish with our memory before it is freed: the ring
-        // is dropped first (field order), the rest after.
-        let _ = self.ring.submit();
+        // The driver is dropped first (field order): its ring goes, and the
+        // kernel lets go of every operation's memory, before the rest.
         std::mem::take(&mut self.report)
+    }
+}
+
+/// Ends `c`'s socket: its connect is cancelled by its own id, and the socket
+/// is closed (with a reset when `reset`), which ends its receive. `closed`
+/// tags the close's completion.
+fn release(d: &mut Driver<Tag>, c: &mut Conn, reset: bool, closed: Option<Tag>) {
+    if let Some(op) = c.connect_op.take() {
+        d.cancel(op);
+    }
+    if let Some(mut ep) = c.ep.take() {
+        if reset {
+            ep.abort(d, closed);
+        } else {
+            ep.close(d, closed);
+        }
     }
 }
 
