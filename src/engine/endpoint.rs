@@ -190,29 +190,29 @@ impl Endpoint {
 
     /// Sends `pieces`, memory the caller keeps alive and unchanged until
     /// the completion (or hands to [`Driver::keep_alive`] with
-    /// [`send_op`](Self::send_op) if it goes away first). Returns the bytes
-    /// covered (at most [`super::ring::MAX_IOV`] pieces).
+    /// [`send_op`](Self::send_op) if it goes away first). Several pieces
+    /// are gathered with a header from `pool` (given back in the
+    /// completion's memory). Returns the bytes covered (at most
+    /// [`super::ring::MAX_IOV`] pieces).
+    #[allow(clippy::vec_box)]
     pub fn send_pieces<'a, T: Copy>(
         &mut self,
         d: &mut Driver<T>,
         pieces: impl IntoIterator<Item = &'a [u8]>,
-        mut meta: Box<MsgHeader>,
+        pool: &mut Vec<Box<MsgHeader>>,
         tag: T,
     ) -> usize {
         debug_assert!(self.send.is_none());
-        let mut pieces = pieces.into_iter();
+        let mut pieces = pieces.into_iter().filter(|p| !p.is_empty());
         let Some(first) = pieces.next() else {
             return 0;
         };
-        let mut second = pieces.next();
-        if second.as_ref().is_some_and(|s| s.is_empty()) {
-            second = None;
-        }
-        let Some(second) = second else {
+        let Some(second) = pieces.next() else {
             let e = opcode::Send::new(self.fd(), first.as_ptr(), first.len() as u32).build();
             self.send = Some(d.push(e, Some(tag), Owned::None));
             return first.len();
         };
+        let mut meta = pool.pop().unwrap_or_else(MsgHeader::boxed);
         let len = meta.gather([first, second].into_iter().chain(pieces));
         let e = opcode::SendMsg::new(self.fd(), meta.as_ptr()).build();
         self.send = Some(d.push(e, Some(tag), Owned::Msg(meta)));

@@ -8,7 +8,6 @@
 //! `IORING_OP_MSG_RING` together with the bytes already read.
 
 pub mod backend;
-pub(crate) mod bufring;
 pub mod endpoint;
 pub mod outbound;
 pub mod ring;

@@ -41,33 +41,6 @@ pub enum SetupError {
     Other(String),
 }
 
-/// Builds a shard's ring: single issuer with deferred task work where the
-/// kernel supports it (fewer interrupts of the shard thread), falling back to
-/// a plain ring.
-pub fn build_ring(entries: u32) -> Result<IoUring, SetupError> {
-    let tuned = IoUring::builder()
-        .setup_cqsize(entries * 8)
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_submit_all()
-        .build(entries);
-    match tuned {
-        Ok(ring) => Ok(ring),
-        Err(e) if is_unavailable(&e) => Err(SetupError::Unavailable(e)),
-        Err(_) => IoUring::builder()
-            .setup_cqsize(entries * 8)
-            .build(entries)
-            .map_err(SetupError::Unavailable),
-    }
-}
-
-fn is_unavailable(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ENOSYS) | Some(libc::EPERM) | Some(libc::EACCES)
-    )
-}
-
 /// Size of the direct-descriptor table a ring may register: the kernel caps a
 /// table at the process's `RLIMIT_NOFILE`, but the cap applies per ring, not
 /// to the sum of all rings.
@@ -257,23 +230,6 @@ pub fn direct_tcp_socket(peer: &SocketAddr) -> squeue::Entry {
         .build()
 }
 
-/// Submits what is queued, waits for `want` completions (0: none, just
-/// submit), and moves every completion into `out` as (user data, result,
-/// flags), so the caller can handle them while pushing new submissions.
-pub fn submit_and_reap(ring: &mut IoUring, want: usize, out: &mut Vec<(u64, i32, u32)>) {
-    if let Err(e) = ring.submit_and_wait(want) {
-        // EINTR: a signal; EBUSY: completions to reap first. Neither is a failure.
-        if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) {
-            tracing::warn!("io_uring wait failed: {e}");
-        }
-    }
-    out.clear();
-    out.extend(
-        ring.completion()
-            .map(|c| (c.user_data(), c.result(), c.flags())),
-    );
-}
-
 /// Registers a sparse direct-descriptor table of `wanted` slots (capped as
 /// [`direct_table_size`] says) and returns its size.
 pub fn register_direct_table(ring: &IoUring, wanted: usize) -> Result<u32, SetupError> {
@@ -285,18 +241,6 @@ pub fn register_direct_table(ring: &IoUring, wanted: usize) -> Result<u32, Setup
             err,
         })?;
     Ok(table)
-}
-
-/// Registers a provided-buffer ring of `entries` buffers of `size` bytes as group 0.
-pub fn register_buffers(
-    ring: &IoUring,
-    entries: u16,
-    size: usize,
-) -> Result<super::bufring::BufRing, SetupError> {
-    super::bufring::BufRing::new(ring, 0, entries, size).map_err(|err| SetupError::Missing {
-        what: "provided buffer rings",
-        err,
-    })
 }
 
 /// setsockopt(level, name, 1) on a direct descriptor, as a URING_CMD.

@@ -561,14 +561,13 @@ impl Shard {
         if tx.window().unsent() == 0 {
             return;
         }
-        let header = self.headers.pop().unwrap_or_else(MsgHeader::boxed);
         // The window's pages stay put and its unsent bytes unchanged until
         // this send completes; `window_send` keeps the window alive past a
         // stream reset.
         ep.send_pieces(
             &mut self.d,
             tx.window().unsent_slices(),
-            header,
+            &mut self.headers,
             tag(Op::SendStream, i, epoch),
         );
         c.window_send = ep.send_op();

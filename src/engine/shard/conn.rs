@@ -207,7 +207,6 @@ impl Shard {
         match conn.state {
             ConnState::Finishing => self.close_conn(ci),
             ConnState::Attached(si, sg) => {
-                let meta = self.meta();
                 let Shard {
                     d,
                     sessions,
@@ -217,11 +216,12 @@ impl Shard {
                 } = self;
                 let conn = &mut conns[ci];
                 let Some(s) = sessions.get_mut(si).filter(|s| s.epoch == sg) else {
-                    meta_pool.push(meta);
                     return;
                 };
                 let tag = Tag::new(Op::Send, ci, epoch);
-                let sent = conn.ep.send_pieces(d, s.relay.client_pieces(), meta, tag);
+                let sent = conn
+                    .ep
+                    .send_pieces(d, s.relay.client_pieces(), meta_pool, tag);
                 match conn.ep.send_op() {
                     Some(op) if sent > 0 => {
                         conn.sending_session = true;

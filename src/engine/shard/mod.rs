@@ -470,11 +470,6 @@ impl Shard {
         }
     }
 
-    /// A send's iovec header, from the pool.
-    fn meta(&mut self) -> Box<MsgHeader> {
-        self.meta_pool.pop().unwrap_or_else(MsgHeader::boxed)
-    }
-
     /// Puts a send's memory back in the pool.
     fn recycle(&mut self, mem: super::ring::Owned) {
         if let super::ring::Owned::Msg(m) = mem {

@@ -251,8 +251,7 @@ impl Shard {
         if let Some(prelude) = s.relay.take_peer_prelude() {
             ep.send_owned(d, prelude, tag);
         } else if let Some(pieces) = s.relay.peer_pieces() {
-            let meta = meta_pool.pop().unwrap_or_else(MsgHeader::boxed);
-            let sent = ep.send_pieces(d, pieces, meta, tag);
+            let sent = ep.send_pieces(d, pieces, meta_pool, tag);
             if let Some(op) = ep.send_op().filter(|_| sent > 0) {
                 up.sending_stream = true;
                 s.reads.retain(|&r| d.is_in_flight(r));
