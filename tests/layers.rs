@@ -175,3 +175,32 @@ fn the_scanner_sees_what_it_must() {
     assert!(names("let x = mycrate::gate::y;").is_empty());
     assert_eq!(names("/// See [`crate::client`]."), ["client"]);
 }
+
+/// A cancel by descriptor (or of any request) makes the kernel walk every
+/// request in flight on the ring: one per close is quadratic under churn.
+/// Operations end by their own `user_data`, or by a shutdown of the socket.
+#[test]
+fn nothing_cancels_by_scanning_the_ring() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&root, &mut files);
+    let mut hits = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if ["CancelBuilder::fd", "CancelBuilder::any", ".all()"]
+                .iter()
+                .any(|p| code.contains(p))
+                && code.contains("Cancel")
+            {
+                hits.push(format!("{}:{}: {}", f.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        hits.is_empty(),
+        "cancels that scan the ring:\n{}",
+        hits.join("\n")
+    );
+}

@@ -10,6 +10,9 @@
 //! what to send next ([`Relay::client_out`], [`Relay::peer_out`]), what to
 //! tell the workers ([`Relay::take_notes`]), and whether it is finished
 //! ([`Relay::poll_close`]). The shard turns those answers into submissions.
+//! Before a connection has a session, [`Greeting`] reads its first record
+//! and says what it asks for — a new session, a resume here, or a resume to
+//! hand to the shard that owns it.
 //!
 //! The rules that keep memory bounded live here: a side whose consumer is
 //! full gets no room (its receive stops; TCP pushes back on the sender); what
@@ -20,9 +23,11 @@
 //! queue) + `relay_buffer` + one receive buffer.
 
 use super::outbound::Outbound;
+use super::session_id::IdSpace;
 use crate::proto::client::{ClientEvent, ClientHandshake};
 use crate::proto::frame::{FrameDecoder, FrameError};
 use crate::proto::message::{ReuseConnReq, Status};
+use crate::proto::server::{NewSession, ServerEvent, ServerHandshake};
 use crate::proto::session::Session;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -649,6 +654,127 @@ impl Relay {
     }
 }
 
+/// What a connection's first record asks for.
+#[derive(Debug)]
+pub enum Greeted {
+    /// No complete record yet.
+    NeedMore,
+    /// A new session; `rest` is what followed the record (session bytes).
+    New {
+        /// The upstream the client asked for.
+        target: Option<String>,
+        /// The client's flag bits.
+        flag: i32,
+        /// Bytes after the record.
+        rest: Vec<u8>,
+    },
+    /// A resume of a session this shard owns.
+    Resume {
+        /// The request.
+        req: ReuseConnReq,
+        /// Bytes after the record.
+        rest: Vec<u8>,
+    },
+    /// A resume of a session another shard owns: stop reading, and send the
+    /// connection there with every byte read so far (see [`Greeting::raw`]).
+    HandOver {
+        /// The owning shard.
+        to: usize,
+    },
+    /// The record is bad: write `answer` (possibly empty), then close.
+    Refused {
+        /// What to write first.
+        answer: Vec<u8>,
+        /// Why, for the log.
+        why: String,
+    },
+}
+
+/// The first record of an SCP connection, read on whichever shard the
+/// kernel delivered it to.
+///
+/// Every byte read is kept until the record is judged: a resume for a
+/// session another shard owns travels there whole and is read again from
+/// the start, so the owner applies exactly the same rules as a shard that
+/// got it first. The connection's receive room while greeting is
+/// [`Greeting::ROOM`], so what a client pipelines behind its record is
+/// bounded the same way on every path.
+#[derive(Debug, Default)]
+pub struct Greeting {
+    hs: ServerHandshake,
+    raw: Vec<u8>,
+}
+
+impl Greeting {
+    /// Receive room while greeting: one record is at most 2 + 512 bytes;
+    /// more is session data, which waits in the kernel (or, read already,
+    /// travels with a hand-over) until the session is found.
+    pub const ROOM: usize = 4096;
+
+    /// Every byte read so far.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// Takes every byte read so far (for a hand-over).
+    pub fn take_raw(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.raw)
+    }
+
+    /// Bytes from the connection, on shard `here` of a gate whose session
+    /// ids follow `ids` and which has `shards` shards.
+    pub fn handle_bytes(
+        &mut self,
+        data: &[u8],
+        ids: IdSpace,
+        shards: usize,
+        here: usize,
+    ) -> Greeted {
+        self.raw.extend_from_slice(data);
+        let used = self.hs.recv(data);
+        match self.hs.poll() {
+            ServerEvent::NeedMore | ServerEvent::Done => Greeted::NeedMore,
+            ServerEvent::Failed(err) => Greeted::Refused {
+                answer: self.hs.take_output(),
+                why: err.to_string(),
+            },
+            ServerEvent::NewSession(req) => Greeted::New {
+                target: req.target.filter(|t| !t.is_empty()),
+                flag: req.flag.unwrap_or(0),
+                rest: data[used..].to_vec(),
+            },
+            ServerEvent::Resume(req) => {
+                let owner = ids.owner(req.id);
+                // An id naming a shard this gate does not have is nobody's:
+                // answered here (404).
+                if owner != here && owner < shards {
+                    Greeted::HandOver { to: owner }
+                } else {
+                    Greeted::Resume {
+                        req,
+                        rest: data[used..].to_vec(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// After [`Greeted::New`]: the new session's parameters and the answer
+    /// to write.
+    pub fn accept_new(&mut self, id: u32, random: u64) -> (NewSession, Vec<u8>) {
+        self.raw = Vec::new();
+        let ns = self.hs.accept_new(id, random);
+        (ns, self.hs.take_output())
+    }
+
+    /// After [`Greeted::Resume`]: the answer to write.
+    pub fn answer_resume(&mut self, received: u32, status: Status) -> Vec<u8> {
+        self.raw = Vec::new();
+        self.hs.answer_resume(received, status);
+        self.hs.take_output()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -912,5 +1038,91 @@ mod tests {
         let req = client.resume_request();
         assert_eq!(r.handle_resume(&req), Err(Status::NotAcceptable));
         assert_eq!(r.closing(), Some(CloseReason::ReplayExceeded));
+    }
+
+    fn new_record(public: u64) -> Vec<u8> {
+        use base64::Engine;
+        let key = base64::engine::general_purpose::STANDARD.encode(public.to_le_bytes());
+        let mut out = Vec::new();
+        crate::proto::message::encode_record(format!("0\n{key}\nlobby").as_bytes(), &mut out);
+        out
+    }
+
+    #[test]
+    fn a_greeting_splits_the_record_from_what_follows() {
+        let mut g = Greeting::default();
+        let mut wire = new_record(12345);
+        let ids = IdSpace::new(4);
+        assert!(matches!(
+            g.handle_bytes(&wire[..3], ids, 4, 0),
+            Greeted::NeedMore
+        ));
+        wire.extend_from_slice(b"pipelined");
+        match g.handle_bytes(&wire[3..], ids, 4, 0) {
+            Greeted::New { target, rest, .. } => {
+                assert_eq!(target.as_deref(), Some("lobby"));
+                assert_eq!(rest, b"pipelined");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(g.raw(), &wire[..], "every byte is kept until judged");
+        let (ns, answer) = g.accept_new(ids.id(0, 1), 7);
+        assert_eq!(ns.id, ids.id(0, 1));
+        assert!(!answer.is_empty());
+        assert!(g.raw().is_empty());
+    }
+
+    #[test]
+    fn a_resume_goes_to_the_shard_that_owns_it() {
+        let ids = IdSpace::new(3);
+        let mut client = Session::new(ids.id(2, 9), SECRET, 4096);
+        let req = client.resume_request();
+        let mut wire = Vec::new();
+        crate::proto::message::encode_record(&req.encode(), &mut wire);
+        wire.extend_from_slice(b"more");
+        for here in 0..3 {
+            let mut g = Greeting::default();
+            match g.handle_bytes(&wire, ids, 3, here) {
+                Greeted::HandOver { to } => {
+                    assert_ne!(here, 2);
+                    assert_eq!(to, 2);
+                    assert_eq!(g.take_raw(), wire, "the hand-over carries every byte");
+                }
+                Greeted::Resume { req: r, rest } => {
+                    assert_eq!(here, 2);
+                    assert_eq!(r, req);
+                    assert_eq!(rest, b"more");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Shard bits naming a shard this gate lacks (3 of 0..=3): answered here.
+        let mut stray = Session::new(ids.id(0, 1) | 3, SECRET, 4096);
+        let req = stray.resume_request();
+        let mut wire = Vec::new();
+        crate::proto::message::encode_record(&req.encode(), &mut wire);
+        let mut g = Greeting::default();
+        assert!(matches!(
+            g.handle_bytes(&wire, ids, 3, 1),
+            Greeted::Resume { .. }
+        ));
+        let answer = g.answer_resume(0, Status::NotFound);
+        assert!(answer.ends_with(b"404"));
+    }
+
+    #[test]
+    fn a_bad_record_is_refused() {
+        let mut g = Greeting::default();
+        let mut wire = Vec::new();
+        crate::proto::message::encode_record(b"zz\nnot a resume", &mut wire);
+        match g.handle_bytes(&wire, IdSpace::new(1), 1, 0) {
+            Greeted::Refused { answer, .. } => assert!(answer.ends_with(b"400")),
+            other => panic!("{other:?}"),
+        }
+        let mut g = Greeting::default();
+        match g.handle_bytes(&[0xff, 0xff, 1, 2], IdSpace::new(1), 1, 0) {
+            Greeted::Refused { answer, .. } => assert!(answer.is_empty()),
+            other => panic!("{other:?}"),
+        }
     }
 }

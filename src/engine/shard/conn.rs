@@ -3,8 +3,8 @@
 //! what its session wants.
 
 use super::*;
+use crate::engine::session::Greeted;
 use crate::proto::message::{Status, encode_record};
-use crate::proto::server::ServerEvent;
 
 impl Shard {
     pub(super) fn on_recv(&mut self, ci: usize, epoch: u32, c: Completion<Tag>) {
@@ -61,30 +61,16 @@ impl Shard {
 
     /// Bytes of a connection's first record (and what follows it).
     pub(super) fn greet(&mut self, ci: usize, data: &mut [u8]) {
+        let (ids, shards, here) = (self.ids.space(), self.cfg.shards, self.index);
         let ConnState::Greeting(g) = &mut self.conns[ci].state else {
             return;
         };
-        g.raw.extend_from_slice(data);
-        let used = g.hs.recv(data);
-        match g.hs.poll() {
-            ServerEvent::NeedMore | ServerEvent::Done => {}
-            ServerEvent::Failed(err) => {
-                let answer = g.hs.take_output();
-                self.fail_greeting(ci, &err.to_string(), answer);
-            }
-            ServerEvent::NewSession(req) => {
-                let rest = data[used..].to_vec();
-                self.new_session(ci, req.target, req.flag.unwrap_or(0), rest);
-            }
-            ServerEvent::Resume(req) => {
-                let owner = self.ids.space().owner(req.id);
-                if owner != self.index && owner < self.cfg.shards {
-                    self.hand_off(ci, owner);
-                } else {
-                    let rest = data[used..].to_vec();
-                    self.resume(ci, req, rest);
-                }
-            }
+        match g.handle_bytes(data, ids, shards, here) {
+            Greeted::NeedMore => {}
+            Greeted::Refused { answer, why } => self.fail_greeting(ci, &why, answer),
+            Greeted::New { target, flag, rest } => self.new_session(ci, target, flag, rest),
+            Greeted::HandOver { to } => self.hand_off(ci, to),
+            Greeted::Resume { req, rest } => self.resume(ci, req, rest),
         }
     }
 
@@ -115,9 +101,8 @@ impl Shard {
     pub(super) fn refuse_resume(&mut self, ci: usize, status: Status) {
         self.count(|s| &s.resumes_failed);
         let mut g = self.end_greeting(ci).unwrap_or_default();
-        g.hs.answer_resume(0, status);
         let conn = &mut self.conns[ci];
-        conn.answer = g.hs.take_output();
+        conn.answer = g.answer_resume(0, status);
         conn.state = ConnState::Finishing;
     }
 
@@ -169,7 +154,7 @@ impl Shard {
         };
         let epoch = conn.epoch;
         let room = match conn.state {
-            ConnState::Greeting(_) => GREETING_ROOM,
+            ConnState::Greeting(_) => Greeting::ROOM,
             ConnState::Attached(si, sg) => self
                 .sessions
                 .get(si)

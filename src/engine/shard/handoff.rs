@@ -10,7 +10,10 @@ impl Shard {
     /// reading (so no byte is read here after the copy that travels), then
     /// send it over.
     pub(super) fn hand_off(&mut self, ci: usize, target: usize) {
-        let raw = self.end_greeting(ci).map(|g| g.raw).unwrap_or_default();
+        let raw = self
+            .end_greeting(ci)
+            .map(|mut g| g.take_raw())
+            .unwrap_or_default();
         self.conns[ci].state = ConnState::HandingOff {
             target,
             raw,

@@ -23,13 +23,12 @@ mod workers;
 use super::backend::{Backend, UpstreamChoice, UpstreamPolicy};
 use super::endpoint::{Endpoint, RecvPolicy};
 use super::ring::{BufRing, Completion, Driver, FOREIGN, MsgHeader, OpId};
-use super::session::Relay;
+use super::session::{Greeting, Relay};
 use super::session_id::{IdAllocator, IdSpace};
 use super::sys;
 use super::timer::DeadlineQueue;
 use super::workers::WorkerHub;
 use super::{Config, Handoff, Shared};
-use crate::proto::server::ServerHandshake;
 use io_uring::{IoUring, types};
 use rand::{SeedableRng, rngs::StdRng};
 use slab::Slab;
@@ -42,11 +41,6 @@ use tracing::{debug, warn};
 
 pub use super::CloseReason;
 
-/// Bytes a connection may deliver before its first record is complete: the
-/// receive room while greeting (one record is at most 2 + 512 bytes; what a
-/// client pipelines behind it is session data and waits in the kernel, or
-/// travels with a hand-over, bounded by this room plus one buffer).
-const GREETING_ROOM: usize = 4096;
 /// Listen backlog: also the largest burst one multishot accept can deliver
 /// before the shard looks at its table again.
 pub(crate) const LISTEN_BACKLOG: i32 = 4096;
@@ -135,14 +129,6 @@ enum ConnState {
     },
     /// Writing a final answer, then closing.
     Finishing,
-}
-
-/// The first record of an SCP connection, and every byte read so far (a
-/// hand-over sends them all to the owner, which reads the record again).
-#[derive(Default)]
-struct Greeting {
-    hs: ServerHandshake,
-    raw: Vec<u8>,
 }
 
 struct Conn {

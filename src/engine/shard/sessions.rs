@@ -101,12 +101,11 @@ impl Shard {
         let Some(mut g) = self.end_greeting(ci) else {
             return;
         };
-        let ns = g.hs.accept_new(id, random);
+        let (ns, answer) = g.accept_new(id, random);
         let conn = &mut self.conns[ci];
-        conn.answer = g.hs.take_output();
+        conn.answer = answer;
         let peer = conn.peer;
         let session = Session::new(id, ns.secret, self.cfg.reuse_buffer);
-        let target = target.filter(|t| !t.is_empty());
         let si = self.insert_session(id, Outbound::Scp(Box::new(session)), ci, target, flag);
         if self.loud() {
             info!(shard = self.index, session = id, peer = %Addr(peer), target = ?self.sessions[si].target, "session opened");
@@ -170,10 +169,10 @@ impl Shard {
         let Some(mut g) = self.end_greeting(ci) else {
             return;
         };
-        g.hs.answer_resume(received, crate::proto::message::Status::Ok);
+        let answer = g.answer_resume(received, crate::proto::message::Status::Ok);
         let epoch = self.sessions[si].epoch;
         let conn = &mut self.conns[ci];
-        conn.answer = g.hs.take_output();
+        conn.answer = answer;
         conn.state = ConnState::Attached(si, epoch);
         let s = &mut self.sessions[si];
         s.conn = Some(ci);
