@@ -3,9 +3,27 @@
 //! A shard is one pinned thread with its own ring, connection and session
 //! slabs, timers and provided buffers; it listens on the shared address with
 //! SO_REUSEPORT and accepts into the ring's table of direct descriptors.
-//! Session ids carry their owning shard in their low bits ([`IdSpace`]); a resume that
-//! the kernel delivered to another shard is handed to the owner with
-//! `IORING_OP_MSG_RING` together with the bytes already read.
+//!
+//! The rooms, from the bottom:
+//! - [`ring`]: the ring driver, shared with the load generator: operations
+//!   own their memory until they complete, tokens name one operation, a
+//!   backlog keeps linked chains whole, provided buffers are guards.
+//! - [`endpoint`]: one byte-stream peer (client connection, upstream link)
+//!   on a direct descriptor: receive bounded by the room its owner gives,
+//!   send, pause, close — written once for every kind of peer.
+//! - [`session`]: the session core, with no I/O: a connection's first
+//!   record and where a resume belongs, and the relay between a session's
+//!   client side and its peer side (stashes, back-pressure, worker notes,
+//!   when it is done).
+//! - `shard`: the event loop that turns completions into `handle_*` calls
+//!   on the core and the core's answers into submissions.
+//! - [`backend`], [`workers`], [`session_id`], [`timer`], [`sys`]: what a
+//!   session is connected to, the worker queues of embedded mode, the shard
+//!   bits in session ids, deadline queues, kernel helpers.
+//!
+//! Session ids carry their owning shard in their low bits ([`IdSpace`]); a
+//! resume that the kernel delivered to another shard is handed to the owner
+//! with `IORING_OP_MSG_RING` together with every byte already read.
 
 pub mod backend;
 pub mod endpoint;
