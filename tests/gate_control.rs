@@ -30,8 +30,9 @@ fn counters_follow_sessions_and_the_operator_can_kick_and_drain() {
     echo_round(&mut b, b"world!");
     let s = ctl.stats();
     assert_eq!((s.sessions_opened, s.sessions_live), (2, 2));
-    assert_eq!(s.client_rx_bytes, s.client_tx_bytes, "{s:?}");
-    assert!(s.client_rx_bytes > 0);
+    // At least the echoed bytes each way (plus the handshake records).
+    assert!(s.client_rx_bytes >= 11, "{s:?}");
+    assert!(wait_until(LIMIT, || ctl.stats().client_tx_bytes >= 11));
 
     // Detach one: the gauge rises; resume: it falls, and what was resent is counted.
     a.abort();
