@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// Serve plain TCP instead of SCP (a measurement baseline).
     #[arg(long)]
     pub plain: bool,
+    /// Admin HTTP endpoint (metrics, reload, drain, sessions), e.g. 127.0.0.1:6620 [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -121,6 +124,9 @@ impl ServeArgs {
         }
         // A flag can turn plain mode on, never off: absent means "as the file says".
         cfg.plain |= self.plain;
+        if let Some(admin) = self.admin {
+            cfg.admin.listen = Some(admin);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -422,10 +428,13 @@ mod tests {
             "--max-sessions",
             "10",
             "--plain",
+            "--admin",
+            "127.0.0.1:6620",
         ])
         .unwrap()
         .resolve()
         .unwrap();
+        assert_eq!(cfg.admin.listen, Some("127.0.0.1:6620".parse().unwrap()));
         assert_eq!(cfg.listen, "127.0.0.1:2".parse().unwrap());
         assert_eq!(cfg.shards, 4);
         assert_eq!(

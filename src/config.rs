@@ -123,6 +123,20 @@ pub struct ServeConfig {
     /// Serve plain TCP instead of SCP: no handshake, no encryption, no
     /// resume. A baseline for measurements, not for real clients.
     pub plain: bool,
+    /// The operator's HTTP endpoint (metrics, reload, drain).
+    pub admin: AdminConfig,
+}
+
+/// The admin endpoint: Prometheus metrics, the settings in force, reload,
+/// drain, sessions. Off unless an address is given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the HTTP listener (goscon's `manager`), for example
+    /// `127.0.0.1:6620`. Default: none, no listener. It answers anyone who
+    /// can reach it, so keep it on loopback or a private network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
 }
 
 impl Default for ServeConfig {
@@ -144,6 +158,7 @@ impl Default for ServeConfig {
             announce: Announce::None,
             upstream: UpstreamConfig::default(),
             plain: false,
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -586,6 +601,18 @@ mod goscon {
             let key = key_name(key);
             match key.as_str() {
                 "tcp" => tcp = Some(string(value, "tcp")?),
+                "manager" => {
+                    let m = string(value, "manager")?;
+                    cfg.admin.listen = if m.is_empty() {
+                        None
+                    } else {
+                        Some(listen_addr(&m).map_err(|_| {
+                            invalid(format!(
+                                "manager `{m}`: expected a listen address such as 127.0.0.1:6620"
+                            ))
+                        })?)
+                    };
+                }
                 "kcp" => kcp = string(value, "kcp")?,
                 "scp" | "scp_option" => {
                     for (k, v) in section(value, &key)? {
@@ -766,7 +793,7 @@ mod goscon {
     }
 
     /// Go accepts `:port` for every interface.
-    fn listen_addr(tcp: &str) -> Result<SocketAddr, ConfigError> {
+    pub(super) fn listen_addr(tcp: &str) -> Result<SocketAddr, ConfigError> {
         let full = match tcp.strip_prefix(':') {
             Some(port) => format!("0.0.0.0:{port}"),
             None => tcp.to_owned(),
@@ -784,7 +811,13 @@ impl ServeConfig {
     /// here, once, at start: a name that does not resolve is an error now
     /// rather than a failed session later.
     pub fn engine_config(&self) -> Result<crate::engine::Config, ConfigError> {
-        use crate::gate::{Backend, Host, Proxy, Upstreams};
+        self.build().map(|(cfg, _)| cfg)
+    }
+
+    /// The proxy settings these describe, with upstream addresses resolved
+    /// now (blocking); `None` when no host is configured (the built-in echo).
+    pub fn proxy(&self) -> Result<Option<crate::gate::Proxy>, ConfigError> {
+        use crate::gate::{Host, Proxy, Upstreams};
         use std::net::ToSocketAddrs;
         let mut hosts = Vec::with_capacity(self.upstream.hosts.len());
         for h in &self.upstream.hosts {
@@ -800,17 +833,47 @@ impl ServeConfig {
                 weight: h.weight,
             });
         }
-        let backend = if hosts.is_empty() {
-            Backend::Echo
-        } else {
-            Backend::Proxy(std::sync::Arc::new(Proxy {
-                upstreams: Upstreams::new(hosts),
-                net: self.upstream.net,
-                announce: self.announce,
-                connect_timeout: self.upstream.connect_timeout,
-            }))
+        Ok((!hosts.is_empty()).then(|| Proxy {
+            upstreams: Upstreams::new(hosts),
+            net: self.upstream.net,
+            announce: self.announce,
+            connect_timeout: self.upstream.connect_timeout,
+        }))
+    }
+
+    /// The limits and timeouts of these settings that can change while the
+    /// gate runs.
+    pub fn limits(&self) -> crate::engine::Limits {
+        crate::engine::Limits {
+            handshake_timeout: self.handshake_timeout,
+            reuse_time: self.reuse_time,
+            idle_timeout: self.idle_timeout.filter(|d| !d.is_zero()),
+            max_sessions: self.max_sessions,
+            max_pending_handshakes: self.max_pending_handshakes,
+        }
+    }
+
+    /// The engine settings, and in proxy mode the proxy whose hosts a
+    /// reload can replace.
+    #[allow(clippy::type_complexity)]
+    pub fn build(
+        &self,
+    ) -> Result<
+        (
+            crate::engine::Config,
+            Option<std::sync::Arc<crate::gate::ReloadableProxy>>,
+        ),
+        ConfigError,
+    > {
+        use crate::gate::{Backend, ReloadableProxy};
+        let proxy = self
+            .proxy()?
+            .map(|p| std::sync::Arc::new(ReloadableProxy::new(p)));
+        let backend = match &proxy {
+            Some(p) => Backend::Proxy(p.clone()),
+            None => Backend::Echo,
         };
-        Ok(crate::engine::Config {
+        let cfg = crate::engine::Config {
             listen: self.listen,
             shards: self.shards,
             scp: !self.plain,
@@ -827,7 +890,66 @@ impl ServeConfig {
             direct_table: self.direct_table,
             backend,
             ..crate::engine::Config::default()
-        })
+        };
+        Ok((cfg, proxy))
+    }
+
+    /// These settings in goscon's `config.yaml` shape, for an operator who
+    /// started the gate from one (times in whole seconds, as goscon reads them).
+    pub fn to_goscon_yaml(&self) -> String {
+        use serde_norway::{Mapping, Value};
+        fn map(pairs: Vec<(&str, Value)>) -> Value {
+            let mut m = Mapping::new();
+            for (k, v) in pairs {
+                m.insert(Value::String(k.into()), v);
+            }
+            Value::Mapping(m)
+        }
+        let secs = |d: Duration| Value::Number(d.as_secs().into());
+        let hosts = self
+            .upstream
+            .hosts
+            .iter()
+            .map(|h| {
+                map(vec![
+                    ("name", Value::String(h.name.clone())),
+                    ("addr", Value::String(h.addr.clone())),
+                    ("weight", Value::Number(h.weight.into())),
+                ])
+            })
+            .collect();
+        let root = map(vec![
+            (
+                "manager",
+                Value::String(self.admin.listen.map(|a| a.to_string()).unwrap_or_default()),
+            ),
+            ("tcp", Value::String(self.listen.to_string())),
+            (
+                "scp",
+                map(vec![
+                    ("handshake_timeout", secs(self.handshake_timeout)),
+                    ("reuse_time", secs(self.reuse_time)),
+                    ("reuse_buffer", Value::Number(self.reuse_buffer.into())),
+                ]),
+            ),
+            (
+                "tcp_option",
+                map(vec![
+                    ("read_timeout", secs(self.idle_timeout.unwrap_or_default())),
+                    ("keepalive", Value::Bool(self.tcp_keepalive.is_some())),
+                    (
+                        "keepalive_interval",
+                        secs(self.tcp_keepalive.unwrap_or_default()),
+                    ),
+                ]),
+            ),
+            (
+                "upstream_option",
+                map(vec![("net", Value::String(self.upstream.net.to_string()))]),
+            ),
+            ("hosts", Value::Sequence(hosts)),
+        ]);
+        serde_norway::to_string(&root).unwrap_or_default()
     }
 }
 
@@ -1162,6 +1284,9 @@ mod tests {
             reuse_buffer: 131072,
             idle_timeout: Some(secs(300)),
             tcp_keepalive: Some(secs(20)),
+            admin: AdminConfig {
+                listen: Some("127.0.0.1:7100".parse().unwrap()),
+            },
             upstream: UpstreamConfig {
                 net: UpstreamNet::Scp,
                 hosts: vec![
@@ -1182,7 +1307,6 @@ mod tests {
                 "hosts[2].weigh",
                 "kcp",
                 "kcp_option",
-                "manager",
                 "upstream_option.resolv"
             ]
         );

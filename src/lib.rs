@@ -7,7 +7,7 @@
 //!
 //! Modules, each using only those listed before it (client not gate
 //! either), so the arrows point one way: proto <- engine <- gate <- config
-//! <- cli, with client beside gate. `tests/layers.rs` checks it.
+//! <- admin <- cli, with client beside gate. `tests/layers.rs` checks it.
 //! - [`proto`]: sans-IO protocol code (crypto, SCP handshake, sessions,
 //!   replay window, frame codecs). Names no other module.
 //! - [`engine`]: io_uring, thread per core: shards, rings, timers, buffers,
@@ -21,6 +21,9 @@
 //! - [`config`]: the settings of `ringgate serve`, from ringgate's TOML or a
 //!   goscon `config.yaml`, turned into an engine config with a gate backend.
 //!   Uses gate, engine and proto.
+//! - [`admin`]: operating a running gate: Prometheus metrics, the settings
+//!   in force, reload, drain and sessions, over HTTP. Uses config, gate,
+//!   engine and proto.
 //! - [`cli`]: the `ringgate` command line. Uses all of the above.
 //!
 //! To run the gate inside your own process, use [`gate::embedded`]: a
@@ -29,6 +32,7 @@
 //! session events and frames; a [`Handle`](gate::embedded::Handle) sends
 //! frames back, broadcasts, kicks and shuts down.
 
+pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -3,8 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use ringgate::admin::{self, Admin};
 use ringgate::cli::{Cli, Command, init_logging};
 use ringgate::client::loadgen;
+use ringgate::config::ServeConfig;
 use ringgate::engine::{self, Gate};
 use ringgate::gate::{Backend, UpstreamNet};
 
@@ -17,15 +19,45 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Serve(args) => {
-            let cfg = match args.resolve().and_then(|c| c.engine_config()) {
-                Ok(cfg) => cfg,
+            let settings = match args.resolve() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("ringgate serve: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let (cfg, proxy) = match settings.build() {
+                Ok(built) => built,
                 Err(e) => {
                     eprintln!("ringgate serve: {e}");
                     return ExitCode::from(2);
                 }
             };
             tracing::debug!(?cfg, "resolved configuration");
-            run("serve", cfg)
+            let admin_listener = match settings.admin.listen.map(admin::bind).transpose() {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!(
+                        "ringgate serve: cannot listen for admin requests on {}: {e}",
+                        settings
+                            .admin
+                            .listen
+                            .map_or(String::new(), |a| a.to_string())
+                    );
+                    return ExitCode::FAILURE;
+                }
+            };
+            let goscon = args.goscon_config.is_some();
+            // A reload reads what the start read: the file, then the flags.
+            let reread: admin::Reread = Box::new(move || args.resolve());
+            let ops = Ops {
+                settings,
+                proxy,
+                goscon,
+                reread,
+                listener: admin_listener,
+            };
+            run("serve", cfg, Some(ops))
         }
         Command::Echo(args) => {
             let cfg = engine::Config {
@@ -35,7 +67,7 @@ fn main() -> ExitCode {
                 backend: Backend::Echo,
                 ..engine::Config::default()
             };
-            run("echo", cfg)
+            run("echo", cfg, None)
         }
         Command::Loadgen(args) => loadgen(args.to_config()),
     }
@@ -70,8 +102,20 @@ fn loadgen(cfg: loadgen::LoadgenConfig) -> ExitCode {
     }
 }
 
+/// What `serve` needs to be operated: the settings it started with, the
+/// proxy a reload updates, and the admin listener if one is configured.
+struct Ops {
+    settings: ServeConfig,
+    proxy: Option<std::sync::Arc<ringgate::gate::ReloadableProxy>>,
+    goscon: bool,
+    reread: admin::Reread,
+    listener: Option<std::net::TcpListener>,
+}
+
 /// Starts the engine, says where it listens, and runs until SIGINT/SIGTERM.
-fn run(what: &str, cfg: engine::Config) -> ExitCode {
+/// With `ops`, SIGHUP reloads the settings, SIGUSR1 starts draining, and
+/// the admin endpoint answers if configured.
+fn run(what: &str, cfg: engine::Config, ops: Option<Ops>) -> ExitCode {
     let mode = if cfg.scp { "scp" } else { "plain" };
     let peer = match &cfg.backend {
         Backend::Echo => "built-in echo".to_string(),
@@ -88,10 +132,13 @@ fn run(what: &str, cfg: engine::Config) -> ExitCode {
     };
     // Watch the signals before saying we listen: whoever reads that line may
     // signal at once.
-    let signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ]);
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    let watched: &[i32] = if ops.is_some() {
+        &[SIGINT, SIGTERM, SIGHUP, SIGUSR1]
+    } else {
+        &[SIGINT, SIGTERM]
+    };
+    let signals = signal_hook::iterator::Signals::new(watched);
     let gate = match Gate::start(cfg) {
         Ok(g) => g,
         Err(e) => {
@@ -99,8 +146,29 @@ fn run(what: &str, cfg: engine::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut admin_note = String::new();
+    let admin = ops.map(|ops| {
+        let admin = std::sync::Arc::new(Admin::new(
+            gate.control(),
+            ops.proxy,
+            ops.settings,
+            ops.goscon,
+            ops.reread,
+        ));
+        if let Some(listener) = ops.listener {
+            let at = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            match admin::serve(admin.clone(), listener) {
+                Ok(()) => admin_note = format!("; admin at http://{at}/"),
+                Err(e) => tracing::warn!("cannot start the admin thread: {e}"),
+            }
+        }
+        admin
+    });
     println!(
-        "ringgate {what}: listening on {} in {mode} mode with {} shards, sessions to the {peer}",
+        "ringgate {what}: listening on {} in {mode} mode with {} shards, sessions to the {peer}{admin_note}",
         gate.local_addr(),
         gate.shards()
     );
@@ -108,13 +176,27 @@ fn run(what: &str, cfg: engine::Config) -> ExitCode {
     match signals {
         Ok(mut signals) => {
             std::thread::spawn(move || {
-                if let Some(sig) = signals.forever().next() {
-                    tracing::info!(signal = sig, "stopping: closing sessions and upstreams");
-                    stopper.stop();
+                for sig in signals.forever() {
+                    match (sig, &admin) {
+                        (SIGHUP, Some(admin)) => {
+                            admin.reload_logged();
+                        }
+                        (SIGUSR1, Some(admin)) => {
+                            admin.drain(true);
+                        }
+                        _ => {
+                            tracing::info!(
+                                signal = sig,
+                                "stopping: closing sessions and upstreams"
+                            );
+                            stopper.stop();
+                            break;
+                        }
+                    }
                 }
             });
         }
-        Err(e) => tracing::warn!("cannot watch SIGINT/SIGTERM ({e}); stop with SIGKILL"),
+        Err(e) => tracing::warn!("cannot watch signals ({e}); stop with SIGKILL"),
     }
     gate.join();
     tracing::info!("stopped");

@@ -42,10 +42,11 @@ pub struct UpstreamChoice {
 /// A policy may answer differently as time goes on (hosts reloaded, weights
 /// moved by measurements): a shard asks once per session for that session's
 /// [`candidates`](Self::candidates) and keeps the owned answer, so a session
-/// keeps its choice while later sessions see the new one. [`scp`](Self::scp)
-/// and [`connect_timeout`](Self::connect_timeout) describe the link itself
-/// and are read whenever a shard needs them (the timeout once, when a shard
-/// starts), so they should stay fixed for the policy's life.
+/// keeps its choice while later sessions see the new one.
+/// [`connect_timeout`](Self::connect_timeout) is read for each connect
+/// attempt, so it may change too. [`scp`](Self::scp) describes the link
+/// itself and is read whenever a shard needs it, so it should stay fixed
+/// for the policy's life.
 pub trait UpstreamPolicy: Send + Sync + Debug {
     /// The upstreams to try for a new session that asked for `target` (an
     /// SCP client's `targetServer`), first choice first; empty when none

@@ -26,26 +26,30 @@
 //! with `IORING_OP_MSG_RING` together with every byte already read.
 
 pub mod backend;
+pub mod control;
 pub mod endpoint;
 pub mod outbound;
 pub mod ring;
 pub mod session;
 pub mod session_id;
 mod shard;
+pub mod stats;
 pub mod sys;
 pub mod timer;
 pub mod workers;
 
 pub use backend::{Backend, UpstreamChoice, UpstreamPolicy};
+pub use control::{Control, Limits, SessionInfo, SessionState};
 pub use session::CloseReason;
 pub use session_id::{IdSpace, SessionId};
+pub use stats::{HostSnapshot, ShardSnapshot};
 pub use sys::SetupError;
 
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, IntoRawFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering, fence};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -136,22 +140,7 @@ impl Default for Config {
     }
 }
 
-/// Counters of one shard (read with [`Gate::stats`]).
-#[derive(Debug, Default)]
-pub struct ShardStats {
-    accepted: AtomicU64,
-    sessions_opened: AtomicU64,
-    sessions_resumed: AtomicU64,
-    sessions_closed: AtomicU64,
-    resumes_failed: AtomicU64,
-    handshake_failed: AtomicU64,
-    handoffs_out: AtomicU64,
-    handoffs_in: AtomicU64,
-    upstream_failed: AtomicU64,
-    paused: AtomicU64,
-    worker_full: AtomicU64,
-    accept_pauses: AtomicU64,
-}
+pub(crate) use stats::ShardStats;
 
 /// A snapshot of the gate's counters, summed over shards.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -172,13 +161,31 @@ pub struct Stats {
     pub handoffs: u64,
     /// Sessions closed because no upstream could be reached.
     pub upstream_failed: u64,
-    /// Times reading from a peer paused because the other side was full.
     /// Times a shard stopped accepting because its descriptor table was nearly full.
     pub accept_pauses: u64,
+    /// Times reading from a peer paused because the other side was full.
     pub backpressure_pauses: u64,
     /// Embedded mode: times a session's events found its worker's queue
     /// full (the session then waits, not reading, until the worker catches up).
     pub worker_queue_full: u64,
+    /// Sessions open now (connected or waiting for a resume).
+    pub sessions_live: u64,
+    /// Sessions waiting for their client to resume, now.
+    pub sessions_detached: u64,
+    /// Bytes replayed to clients on resume.
+    pub resend_bytes: u64,
+    /// Bytes received from clients.
+    pub client_rx_bytes: u64,
+    /// Bytes sent to clients.
+    pub client_tx_bytes: u64,
+    /// Bytes received from upstreams.
+    pub upstream_rx_bytes: u64,
+    /// Bytes sent to upstreams.
+    pub upstream_tx_bytes: u64,
+    /// Receives re-armed because no provided buffer was free (ENOBUFS).
+    pub recv_nobufs: u64,
+    /// New sessions refused because the gate is draining.
+    pub new_refused_draining: u64,
 }
 
 /// A resume connection travelling to its owning shard.
@@ -194,6 +201,9 @@ pub(crate) struct ShardLink {
     eventfd: i32,
     inbox: SegQueue<Handoff>,
     stats: ShardStats,
+    /// Requests from the operator (kick, list sessions), answered by the
+    /// shard on its own thread.
+    control: SegQueue<control::Request>,
     /// The shard is (about to be) blocked in the ring wait: a thread that
     /// queues a command must write the eventfd. While it is false the shard
     /// looks at its queue before it next waits, so no syscall is needed.
@@ -207,6 +217,10 @@ pub(crate) struct ShardLink {
 
 pub(crate) struct Shared {
     stop: AtomicBool,
+    /// New sessions are refused; resumes are still served.
+    draining: AtomicBool,
+    /// Limits and timeouts that may change while the gate runs.
+    tunables: control::Tunables,
     shards: Vec<ShardLink>,
 }
 
@@ -271,23 +285,42 @@ impl Shared {
         peers.get(&id).copied()
     }
 
+    /// Each shard's counters.
+    pub(crate) fn shard_snapshots(&self) -> Vec<ShardSnapshot> {
+        self.shards
+            .iter()
+            .map(|l| {
+                let mut snap = l.stats.snapshot();
+                snap.commands_queued = l.commands.len() as u64;
+                snap
+            })
+            .collect()
+    }
+
     /// Counters summed over all shards.
     pub(crate) fn stats(&self) -> Stats {
         let mut s = Stats::default();
-        for l in &self.shards {
-            let st = &l.stats;
-            let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-            s.accepted += get(&st.accepted);
-            s.sessions_opened += get(&st.sessions_opened);
-            s.sessions_resumed += get(&st.sessions_resumed);
-            s.sessions_closed += get(&st.sessions_closed);
-            s.resumes_failed += get(&st.resumes_failed);
-            s.handshake_failed += get(&st.handshake_failed);
-            s.handoffs += get(&st.handoffs_in);
-            s.upstream_failed += get(&st.upstream_failed);
-            s.backpressure_pauses += get(&st.paused);
-            s.accept_pauses += get(&st.accept_pauses);
-            s.worker_queue_full += get(&st.worker_full);
+        for st in self.shard_snapshots() {
+            s.accepted += st.accepted;
+            s.sessions_opened += st.sessions_opened;
+            s.sessions_resumed += st.sessions_resumed;
+            s.sessions_closed += st.sessions_closed;
+            s.resumes_failed += st.resumes_failed;
+            s.handshake_failed += st.handshake_failed;
+            s.handoffs += st.handoffs_in;
+            s.upstream_failed += st.upstream_failed;
+            s.backpressure_pauses += st.backpressure_pauses;
+            s.accept_pauses += st.accept_pauses;
+            s.worker_queue_full += st.worker_queue_full;
+            s.sessions_live += st.live();
+            s.sessions_detached += st.detached;
+            s.resend_bytes += st.resend_bytes;
+            s.client_rx_bytes += st.client_rx_bytes;
+            s.client_tx_bytes += st.client_tx_bytes;
+            s.upstream_rx_bytes += st.upstream_rx_bytes;
+            s.upstream_tx_bytes += st.upstream_tx_bytes;
+            s.recv_nobufs += st.recv_nobufs;
+            s.new_refused_draining += st.new_refused_draining;
         }
         s
     }
@@ -299,7 +332,7 @@ impl ShardLink {
     pub(crate) fn prepare_sleep(&self) -> bool {
         self.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if self.commands.is_empty() {
+        if self.commands.is_empty() && self.control.is_empty() {
             return true;
         }
         self.sleeping.store(false, Ordering::Relaxed);
@@ -340,6 +373,7 @@ unsafe impl Send for ShardRing {}
 /// A running gate.
 pub struct Gate {
     shared: Arc<Shared>,
+    hub: Option<Arc<workers::WorkerHub>>,
     threads: Vec<JoinHandle<Option<ShardRing>>>,
     local: SocketAddr,
 }
@@ -378,6 +412,7 @@ impl Gate {
                 eventfd,
                 inbox: SegQueue::new(),
                 stats: ShardStats::default(),
+                control: SegQueue::new(),
                 sleeping: AtomicBool::new(false),
                 commands: ArrayQueue::new(command_capacity),
                 peers: Mutex::new(HashMap::new()),
@@ -385,8 +420,14 @@ impl Gate {
         }
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            tunables: control::Tunables::new(&Limits::of(&cfg)),
             shards: links,
         });
+        let hub = match &cfg.backend {
+            Backend::Workers(hub) => Some(hub.clone()),
+            _ => None,
+        };
         let cfg = Arc::new(Config { shards, ..cfg });
         let cores = if cfg.pin_threads {
             core_affinity::get_core_ids().unwrap_or_default()
@@ -476,6 +517,7 @@ impl Gate {
         }
         Ok(Gate {
             shared,
+            hub,
             threads,
             local,
         })
@@ -503,6 +545,12 @@ impl Gate {
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// A handle for operating the gate from another thread: counters,
+    /// limits, draining, sessions.
+    pub fn control(&self) -> Control {
+        Control::new(self.shared.clone(), self.hub.clone())
     }
 
     /// A handle that can stop the gate from another thread (a signal handler thread).

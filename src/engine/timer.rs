@@ -2,7 +2,9 @@
 //!
 //! Every timeout of one kind (handshake, reuse, idle) has the same duration,
 //! so insertion order is deadline order: one FIFO queue per kind expires in
-//! O(1) with no sorting and no per-entry heap allocation. Entries are never
+//! O(1) with no sorting and no per-entry heap allocation. Entries keep when
+//! they started, not when they end, so the duration can change while they
+//! wait (a reloaded setting) without breaking that order. Entries are never
 //! removed early; when one fires the shard checks the entry's generation and
 //! state and ignores it if it no longer applies (lazy cancellation).
 
@@ -22,6 +24,7 @@ pub struct Entry {
 #[derive(Debug)]
 pub struct DeadlineQueue {
     duration: Duration,
+    /// When each entry's timeout started.
     queue: VecDeque<(Instant, Entry)>,
 }
 
@@ -39,22 +42,24 @@ impl DeadlineQueue {
         self.duration
     }
 
-    /// Starts a timeout for `entry` at `now`.
-    pub fn push(&mut self, now: Instant, entry: Entry) {
-        self.queue.push_back((now + self.duration, entry));
+    /// Changes the duration, for the entries already waiting too.
+    pub fn set_duration(&mut self, duration: Duration) {
+        self.duration = duration;
     }
 
-    /// Starts a timeout that expires at `deadline`, which must not be earlier
-    /// than the deadlines already queued (used to re-arm idle checks).
-    pub fn push_at(&mut self, deadline: Instant, entry: Entry) {
-        debug_assert!(self.queue.back().is_none_or(|(d, _)| *d <= deadline));
-        self.queue.push_back((deadline, entry));
+    /// Starts a timeout for `entry` at `now`, which must not be earlier
+    /// than the starts already queued.
+    pub fn push(&mut self, now: Instant, entry: Entry) {
+        debug_assert!(self.queue.back().is_none_or(|(s, _)| *s <= now));
+        self.queue.push_back((now, entry));
     }
 
     /// Pops the next entry whose deadline is at or before `now`.
     pub fn pop_expired(&mut self, now: Instant) -> Option<Entry> {
         match self.queue.front() {
-            Some((deadline, _)) if *deadline <= now => self.queue.pop_front().map(|(_, e)| e),
+            Some((start, _)) if now.saturating_duration_since(*start) >= self.duration => {
+                self.queue.pop_front().map(|(_, e)| e)
+            }
             _ => None,
         }
     }
@@ -94,5 +99,18 @@ mod tests {
             Some(2)
         );
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_new_duration_applies_to_waiting_entries() {
+        let t0 = Instant::now();
+        let mut q = DeadlineQueue::new(Duration::from_secs(10));
+        q.push(t0, Entry { index: 1, epoch: 0 });
+        assert_eq!(q.pop_expired(t0 + Duration::from_secs(2)), None);
+        q.set_duration(Duration::from_secs(1));
+        assert_eq!(
+            q.pop_expired(t0 + Duration::from_secs(2)).map(|e| e.index),
+            Some(1)
+        );
     }
 }

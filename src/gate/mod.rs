@@ -8,8 +8,10 @@
 pub mod embedded;
 pub mod upstream;
 
+use arc_swap::ArcSwap;
 use rand::RngCore;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 pub use upstream::{Host, Upstreams};
 
@@ -98,5 +100,58 @@ impl UpstreamPolicy for Proxy {
 
     fn host_count(&self) -> usize {
         self.upstreams.hosts().len()
+    }
+}
+
+/// A [`Proxy`] whose settings can be replaced while the gate runs: a
+/// session asks for its candidates once, when it starts, so a replacement
+/// reaches new sessions at once and leaves live ones on their upstreams.
+/// The link kind (`net`) describes sessions already running and so is kept
+/// from the first settings (see [`ReloadableProxy::replace`]).
+#[derive(Debug)]
+pub struct ReloadableProxy {
+    current: ArcSwap<Proxy>,
+}
+
+impl ReloadableProxy {
+    /// Starts with `proxy`.
+    pub fn new(proxy: Proxy) -> Self {
+        ReloadableProxy {
+            current: ArcSwap::from_pointee(proxy),
+        }
+    }
+
+    /// The settings in force.
+    pub fn current(&self) -> Arc<Proxy> {
+        self.current.load_full()
+    }
+
+    /// Puts `proxy` in force for new sessions; its `net` is replaced by the
+    /// one in force, which only a restart changes.
+    pub fn replace(&self, mut proxy: Proxy) {
+        proxy.net = self.current.load().net;
+        self.current.store(Arc::new(proxy));
+    }
+}
+
+impl UpstreamPolicy for ReloadableProxy {
+    fn candidates(&self, target: Option<&str>, rng: &mut dyn RngCore) -> Vec<UpstreamChoice> {
+        self.current.load().candidates(target, rng)
+    }
+
+    fn scp(&self) -> bool {
+        self.current.load().scp()
+    }
+
+    fn announcement(&self, client: SocketAddr, local: SocketAddr) -> Vec<u8> {
+        self.current.load().announcement(client, local)
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        self.current.load().connect_timeout
+    }
+
+    fn host_count(&self) -> usize {
+        self.current.load().host_count()
     }
 }

@@ -79,9 +79,16 @@ impl Shard {
             return;
         }
         let scp = self.cfg.scp;
-        if scp && self.greeting >= (self.cfg.max_pending_handshakes / self.cfg.shards.max(1)).max(1)
-        {
+        let pending_here =
+            (self.shared.tunables.max_pending_handshakes() / self.cfg.shards.max(1)).max(1);
+        if scp && self.greeting >= pending_here {
             self.warn_limit("max_pending_handshakes reached: new connections are being closed");
+            self.close_slot(slot);
+            return;
+        }
+        if !scp && self.draining() {
+            // A plain connection cannot be a resume: while draining, all are new.
+            self.count(|s| &s.new_refused_draining);
             self.close_slot(slot);
             return;
         }
@@ -102,7 +109,7 @@ impl Shard {
     }
 
     pub(super) fn max_sessions_here(&self) -> usize {
-        (self.cfg.max_sessions / self.cfg.shards.max(1)).max(1)
+        (self.shared.tunables.max_sessions() / self.cfg.shards.max(1)).max(1)
     }
 
     /// A new connection entry (greeting connections get a handshake timer).

@@ -8,6 +8,9 @@ use crate::proto::message::{Status, encode_record};
 
 impl Shard {
     pub(super) fn on_recv(&mut self, ci: usize, epoch: u32, c: Completion<Tag>) {
+        if c.result == -libc::ENOBUFS {
+            self.count(|s| &s.recv_nobufs);
+        }
         let Some(conn) = self.conns.get_mut(ci).filter(|x| x.epoch == epoch) else {
             // A late receive on a closed connection: its buffer goes back.
             drop(self.bufs.take(c.result, c.flags));
@@ -16,6 +19,7 @@ impl Shard {
         match conn.ep.on_recv(&c, &self.bufs) {
             super::super::endpoint::Received::Data(mut buf) => {
                 conn.last_rx = Instant::now();
+                self.count_n(|s| &s.client_rx_bytes, buf.len() as u64);
                 self.client_data(ci, &mut buf);
             }
             super::super::endpoint::Received::Eof => {
@@ -100,6 +104,7 @@ impl Shard {
     /// Answers a resume with an error `status`, then closes.
     pub(super) fn refuse_resume(&mut self, ci: usize, status: Status) {
         self.count(|s| &s.resumes_failed);
+        self.stats().refused(status);
         let mut g = self.end_greeting(ci).unwrap_or_default();
         let conn = &mut self.conns[ci];
         conn.answer = g.answer_resume(0, status);
@@ -234,6 +239,7 @@ impl Shard {
             return;
         }
         let n = res as usize;
+        self.count_n(|s| &s.client_tx_bytes, n as u64);
         if session {
             self.recycle(c.mem);
             if let Some(si) = self.attached(ci) {

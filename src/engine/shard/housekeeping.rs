@@ -24,6 +24,7 @@ impl Shard {
         if !c.more() {
             self.arm_tick();
         }
+        self.apply_limits();
         let now = Instant::now();
         while let Some(e) = self.hs_timers.pop_expired(now) {
             let stalled = self

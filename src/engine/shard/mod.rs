@@ -14,6 +14,7 @@
 
 mod accept;
 mod conn;
+mod control;
 mod handoff;
 mod housekeeping;
 mod sessions;
@@ -165,6 +166,8 @@ struct UpLink {
     addr: Option<SocketAddr>,
     /// The send in flight carries stream bytes (not the SCP prelude).
     sending_stream: bool,
+    /// When the current connect attempt started (for its latency).
+    started: Instant,
 }
 
 struct Sess {
@@ -215,7 +218,6 @@ pub struct Shard {
     meta_pool: Vec<Box<MsgHeader>>,
     rng: StdRng,
     proxy: Option<Arc<dyn UpstreamPolicy>>,
-    connect_timeout: Duration,
     /// Accept operations in flight (one multishot, or several single-shot).
     accepts: Vec<OpId>,
     accept_multishot: bool,
@@ -288,9 +290,6 @@ impl Shard {
             Backend::Workers(h) => (None, Some(h.clone())),
             Backend::Echo => (None, None),
         };
-        let connect_timeout = proxy
-            .as_ref()
-            .map_or(Duration::from_secs(5), |p| p.connect_timeout());
         Ok(Shard {
             d: Driver::with_foreign(ring, decode_foreign),
             bufs,
@@ -300,7 +299,6 @@ impl Shard {
             reuse_timers: DeadlineQueue::new(cfg.reuse_time),
             idle_timers: cfg.idle_timeout.map(DeadlineQueue::new),
             proxy,
-            connect_timeout,
             hub,
             worker_waiting: Vec::new(),
             cfg,
@@ -393,6 +391,7 @@ impl Shard {
         let mut done: Vec<Completion<Tag>> = Vec::with_capacity(1024);
         loop {
             self.worker_round();
+            self.control_round();
             let link = &self.shared.shards[self.index];
             let wait = link.prepare_sleep();
             self.d.submit_and_reap(wait, &mut done);

@@ -87,6 +87,11 @@ impl Shard {
         flag: i32,
         mut rest: Vec<u8>,
     ) {
+        if self.draining() {
+            self.count(|s| &s.new_refused_draining);
+            self.fail_greeting(ci, "draining: new sessions refused", Vec::new());
+            return;
+        }
         if self.sessions.len() >= self.max_sessions_here() {
             self.warn_limit("max_sessions reached: new sessions are being refused");
             self.fail_greeting(ci, "session limit reached", Vec::new());
@@ -158,6 +163,7 @@ impl Shard {
                 return;
             }
         };
+        self.count_n(|s| &s.resend_bytes, resend as u64);
         if let Some(old) = self.sessions[si].conn.take() {
             debug!(
                 shard = self.index,
@@ -165,6 +171,8 @@ impl Shard {
                 "resume takes over a live connection"
             );
             self.close_conn(old);
+        } else {
+            self.uncount(|s| &s.detached);
         }
         let Some(mut g) = self.end_greeting(ci) else {
             return;
@@ -217,6 +225,7 @@ impl Shard {
                 epoch: token,
             };
             self.reuse_timers.push(Instant::now(), timer);
+            self.count(|s| &s.detached);
         } else {
             s.relay.handle_client_eof();
         }
@@ -234,7 +243,11 @@ impl Shard {
         s.relay.close(reason);
         let (id, addr, lived) = (s.id, s.client_addr, s.opened.elapsed());
         let conn = s.conn.take();
+        if conn.is_none() && s.detach_token != 0 {
+            self.uncount(|s| &s.detached);
+        }
         self.count(|s| &s.sessions_closed);
+        self.stats().closed(reason);
         if id != 0 {
             self.by_id.remove(&id);
             if self.loud() {

@@ -23,6 +23,7 @@ impl Shard {
             tries,
             addr: None,
             sending_stream: false,
+            started: Instant::now(),
         }));
         self.connect_next(si);
     }
@@ -49,6 +50,7 @@ impl Shard {
             return;
         };
         up.addr = Some(choice.addr);
+        up.started = Instant::now();
         up.link = Link::Socket;
         let tag = Tag::new(Op::UpSocket, si, up.epoch);
         let e = sys::direct_tcp_socket(&choice.addr);
@@ -56,7 +58,10 @@ impl Shard {
     }
 
     pub(super) fn on_up_socket(&mut self, si: usize, epoch: u32, res: i32) {
-        let timeout = self.connect_timeout;
+        let timeout = self
+            .proxy
+            .as_ref()
+            .map_or(Duration::from_secs(5), |p| p.connect_timeout());
         let ended = self.sessions.get(si).is_some_and(|s| s.ended);
         let Some(up) = self.up_mut(si, epoch) else {
             if res >= 0 {
@@ -75,6 +80,9 @@ impl Shard {
         }
         if res < 0 {
             up.link = Link::Gone;
+            if let Some(addr) = up.addr {
+                self.stats().upstream_connect(addr, None);
+            }
             let e = std::io::Error::from_raw_os_error(-res);
             if matches!(-res, libc::ENFILE | libc::EMFILE) {
                 self.warn_limit("the shard's direct descriptor table is full: upstream connections are failing; raise the fd limit or add shards");
@@ -118,26 +126,36 @@ impl Shard {
         let Link::Connecting(ep) = std::mem::replace(&mut up.link, Link::Gone) else {
             return;
         };
+        let (addr, latency) = (up.addr, up.started.elapsed());
+        if let Some(addr) = addr {
+            self.stats()
+                .upstream_connect(addr, (res >= 0).then_some(latency));
+        }
         if res < 0 {
             let e = if res == -libc::ECANCELED {
                 "timed out".to_string()
             } else {
                 std::io::Error::from_raw_os_error(-res).to_string()
             };
-            debug!(shard, upstream = ?up.addr, "upstream connect failed: {e}");
+            debug!(shard, upstream = ?addr, "upstream connect failed: {e}");
             let mut ep = ep;
             ep.close(&mut self.d, Some(Tag::shard(Op::UpClose)));
             self.connect_next(si);
             self.sync(si);
             return;
         }
-        up.link = Link::Open(ep);
-        debug!(shard, upstream = ?up.addr, "upstream connected");
+        if let Some(up) = self.up_mut(si, epoch) {
+            up.link = Link::Open(ep);
+        }
+        debug!(shard, upstream = ?addr, "upstream connected");
         self.sessions[si].relay.handle_peer_connected();
         self.sync(si);
     }
 
     pub(super) fn on_up_recv(&mut self, si: usize, epoch: u32, c: Completion<Tag>) {
+        if c.result == -libc::ENOBUFS {
+            self.count(|s| &s.recv_nobufs);
+        }
         let up = self
             .sessions
             .get_mut(si)
@@ -152,7 +170,10 @@ impl Shard {
             return;
         };
         match ep.on_recv(&c, &self.bufs) {
-            Received::Data(mut buf) => self.sessions[si].relay.handle_peer_bytes(&mut buf),
+            Received::Data(mut buf) => {
+                self.count_n(|s| &s.upstream_rx_bytes, buf.len() as u64);
+                self.sessions[si].relay.handle_peer_bytes(&mut buf)
+            }
             Received::Eof => {
                 debug!(
                     shard = self.index,
@@ -198,6 +219,7 @@ impl Shard {
             );
             self.sessions[si].relay.handle_peer_eof();
         } else if stream {
+            self.count_n(|s| &s.upstream_tx_bytes, res as u64);
             self.sessions[si].relay.handle_peer_sent(res as usize);
         }
         self.sync(si);
