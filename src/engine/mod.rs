@@ -208,6 +208,8 @@ pub(crate) struct ShardLink {
     /// queues a command must write the eventfd. While it is false the shard
     /// looks at its queue before it next waits, so no syscall is needed.
     sleeping: AtomicBool,
+    /// Someone asked this shard to look at its work again (see `wake`).
+    nudged: AtomicBool,
     /// Embedded mode: commands from the application's threads.
     commands: ArrayQueue<Command>,
     /// Embedded mode: client address of each live session (read by
@@ -240,8 +242,11 @@ impl Shared {
     /// Wakes `shard` if it sleeps (or is about to).
     pub(crate) fn wake(&self, shard: usize) {
         let link = &self.shards[shard];
-        // SeqCst pairs with the shard's store + fence before it re-checks
-        // its queue: either it sees our command or we see it sleeping.
+        // A shard that is awake now may be about to sleep on work this wake
+        // is about (a worker queue that drained): it finds the nudge before
+        // it sleeps. SeqCst pairs with the shard's store + fence before it
+        // re-checks: either it sees the nudge or we see it sleeping.
+        link.nudged.store(true, Ordering::SeqCst);
         if link.sleeping.load(Ordering::SeqCst) && link.sleeping.swap(false, Ordering::SeqCst) {
             sys::eventfd_signal(link.eventfd);
         }
@@ -328,11 +333,12 @@ impl Shared {
 
 impl ShardLink {
     /// Marks the shard as going to sleep; returns false (and stays awake)
-    /// when commands arrived meanwhile.
+    /// when commands arrived, or a wake-up was asked for, meanwhile.
     pub(crate) fn prepare_sleep(&self) -> bool {
         self.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if self.commands.is_empty() && self.control.is_empty() {
+        let nudged = self.nudged.swap(false, Ordering::SeqCst);
+        if !nudged && self.commands.is_empty() && self.control.is_empty() {
             return true;
         }
         self.sleeping.store(false, Ordering::Relaxed);
@@ -414,6 +420,7 @@ impl Gate {
                 stats: ShardStats::default(),
                 control: SegQueue::new(),
                 sleeping: AtomicBool::new(false),
+                nudged: AtomicBool::new(false),
                 commands: ArrayQueue::new(command_capacity),
                 peers: Mutex::new(HashMap::new()),
             });

@@ -302,9 +302,13 @@ impl Shard {
     /// close when its work is done, its connection's and upstream's receives
     /// and sends, its notes for the workers, its entry freed at the end.
     pub(super) fn sync(&mut self, si: usize) {
-        let Some(s) = self.sessions.get(si) else {
+        if !self.sessions.contains(si) {
             return;
-        };
+        }
+        // Notes first: the workers taking them gives the client room again,
+        // which the endpoint below must see.
+        self.offer_notes(si);
+        let s = &self.sessions[si];
         if !s.ended {
             if let Some(reason) = s.relay.closing().or_else(|| s.relay.poll_close()) {
                 self.close_session(si, reason);
@@ -314,6 +318,7 @@ impl Shard {
             self.sync_conn(ci);
         }
         self.sync_up(si);
+        // A close above leaves its note for the workers.
         self.offer_notes(si);
         self.maybe_free_session(si);
     }
