@@ -164,12 +164,17 @@ impl Outbound {
         !matches!(self, Outbound::Plain(_))
     }
 
-    /// Decrypts and counts bytes the peer on this side sent, in place.
-    pub fn decrypt(&mut self, data: &mut [u8]) {
+    /// Decrypts and counts bytes the peer on this side sent, in place;
+    /// returns how many leading bytes were resent copies of bytes already
+    /// received, to be dropped (stable-connection resumes).
+    pub fn decrypt(&mut self, data: &mut [u8]) -> usize {
         match self {
-            Outbound::Scp(s) => s.decrypt(data),
-            Outbound::Stable(s) => s.decrypt(data),
-            Outbound::Plain(_) => {}
+            Outbound::Scp(s) => {
+                s.decrypt(data);
+                0
+            }
+            Outbound::Stable(s) => s.decrypt_fresh(data),
+            Outbound::Plain(_) => 0,
         }
     }
 

@@ -275,13 +275,14 @@ impl Relay {
     }
 
     /// A stable-connection client proved it holds this session and has
-    /// received `received` bytes: rewinds the window so that its unsent
-    /// bytes are what the client lacks, and tells the workers. Returns the
-    /// count to resend, or `None` (and the session closes) when the window
-    /// no longer covers it.
-    pub fn handle_stable_resume(&mut self, received: u64) -> Option<usize> {
+    /// received `received` bytes; the answer told it the session had
+    /// received `answered`. Rewinds the window so that its unsent bytes are
+    /// what the client lacks, and tells the workers. Returns the count to
+    /// resend, or `None` (and the session closes) when the window no longer
+    /// covers it.
+    pub fn handle_stable_resume(&mut self, received: u64, answered: u64) -> Option<usize> {
         let s = self.client.stable_mut()?;
-        match s.accept_resume(received) {
+        match s.accept_resume_from(received, answered) {
             Some(resend) => {
                 self.note_resumed();
                 Some(resend)
@@ -380,7 +381,8 @@ impl Relay {
         if self.closing.is_some() {
             return;
         }
-        self.client.decrypt(data);
+        let dup = self.client.decrypt(data);
+        let data = &mut data[dup..];
         if !self.from_client.is_empty() {
             self.from_client.extend_from_slice(data);
             return;

@@ -410,6 +410,9 @@ pub struct StableSession {
     /// value at the last boundary.
     rx_fp: Fingerprint,
     rx_mark: u32,
+    /// Server: incoming bytes to drop before decrypting (see
+    /// [`accept_resume_from`](Self::accept_resume_from)).
+    skip: u64,
 }
 
 impl StableSession {
@@ -438,6 +441,7 @@ impl StableSession {
             first_boundary: 0,
             rx_fp: fp,
             rx_mark: fp.0,
+            skip: 0,
         }
     }
 
@@ -454,6 +458,16 @@ impl StableSession {
     /// Plaintext bytes written for the peer (sent or about to be).
     pub fn sent(&self) -> u64 {
         self.window.written()
+    }
+
+    /// Like [`decrypt`](Self::decrypt), but first drops the bytes a resume
+    /// resends that were already received; returns how many of `buf` were
+    /// dropped (the plaintext is `buf[dropped..]`).
+    pub fn decrypt_fresh(&mut self, buf: &mut [u8]) -> usize {
+        let skip = self.skip.min(buf.len() as u64) as usize;
+        self.skip -= skip as u64;
+        self.decrypt(&mut buf[skip..]);
+        skip
     }
 
     /// Decrypts received ciphertext in place and counts it (a client also
@@ -561,7 +575,20 @@ impl StableSession {
     /// bytes are what the client lacks; returns their count, or `None` when
     /// the window no longer covers `received`.
     pub fn accept_resume(&mut self, received: u64) -> Option<usize> {
-        self.window.rewind_to(received)
+        self.accept_resume_from(received, self.received)
+    }
+
+    /// As [`accept_resume`](Self::accept_resume), when the answer told the
+    /// client that `answered` bytes had been received and more arrived
+    /// since (the old connection was still delivering): the client resends
+    /// from `answered`, so what this session already has is dropped from
+    /// the incoming stream by [`decrypt_fresh`](Self::decrypt_fresh).
+    /// `None` also when `answered` is ahead of what was received.
+    pub fn accept_resume_from(&mut self, received: u64, answered: u64) -> Option<usize> {
+        let skip = self.received.checked_sub(answered)?;
+        let resend = self.window.rewind_to(received)?;
+        self.skip = skip;
+        Some(resend)
     }
 
     /// Client: the 12-byte resume request, or `None` when nothing was
@@ -759,6 +786,32 @@ mod tests {
         let mut back: Vec<u8> = client.window().unsent_slices().flatten().copied().collect();
         server.decrypt(&mut back);
         assert_eq!(back, vec![3u8; 50]);
+    }
+
+    /// Bytes that reached the server on the old connection after it
+    /// answered a resume come again in the client's replay: dropped once.
+    #[test]
+    fn a_resume_answered_early_drops_what_arrived_meanwhile() {
+        let (mut server, mut client) = established();
+        pump(&mut server, &mut client, b"x");
+        let first = pump(&mut client, &mut server, b"abc");
+        assert_eq!(first, b"abc");
+        client.encrypt(b"defgh");
+        client.window_mut().mark_sent(5);
+        let answered = server.received();
+        // "de" still arrives on the old connection after the answer.
+        let late: Vec<u8> = client.window().slices_from(3).flatten().copied().collect();
+        let mut de = late[..2].to_vec();
+        server.decrypt(&mut de);
+        assert_eq!(de, b"de");
+        client.resumed(answered, 1).unwrap();
+        assert_eq!(server.accept_resume_from(1, answered), Some(0));
+        let mut replay: Vec<u8> = client.window().unsent_slices().flatten().copied().collect();
+        let (a, b) = replay.split_at_mut(1);
+        let dropped = server.decrypt_fresh(a);
+        assert_eq!(dropped, 1);
+        let dropped = server.decrypt_fresh(b);
+        assert_eq!((dropped, &b[dropped..]), (1, &b"fgh"[..]));
     }
 
     #[test]
