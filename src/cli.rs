@@ -84,6 +84,9 @@ pub struct ServeArgs {
     /// Admin HTTP endpoint (metrics, reload, drain, sessions), e.g. 127.0.0.1:6620 [default: off].
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+    /// Also listen here for cloudwu's stable-connection clients [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub stable: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -126,6 +129,9 @@ impl ServeArgs {
         cfg.plain |= self.plain;
         if let Some(admin) = self.admin {
             cfg.admin.listen = Some(admin);
+        }
+        if let Some(addr) = self.stable {
+            cfg.stable = Some(addr);
         }
         cfg.validate()?;
         Ok(cfg)
@@ -377,6 +383,32 @@ mod tests {
             Command::Serve(a) => Ok(a),
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn stable_door_from_flag_and_file() {
+        let cfg = serve(&["--stable", "127.0.0.1:1249"])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.stable, Some("127.0.0.1:1249".parse().unwrap()));
+        let engine = cfg.engine_config().unwrap();
+        assert_eq!(
+            engine.doors,
+            vec![(
+                "127.0.0.1:1249".parse().unwrap(),
+                crate::engine::Door::Stable
+            )]
+        );
+        let file = temp_file("stable.toml", "stable = \"127.0.0.1:7\"\n");
+        let cfg = serve(&["--config", file.to_str().unwrap()])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.stable, Some("127.0.0.1:7".parse().unwrap()));
+        assert_eq!(ServeConfig::default().stable, None, "off by default");
+        let same = serve(&["--listen", "127.0.0.1:9", "--stable", "127.0.0.1:9"]).unwrap();
+        assert!(same.resolve().is_err());
     }
 
     fn temp_file(name: &str, text: &str) -> PathBuf {

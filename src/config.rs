@@ -123,6 +123,9 @@ pub struct ServeConfig {
     /// Serve plain TCP instead of SCP: no handshake, no encryption, no
     /// resume. A baseline for measurements, not for real clients.
     pub plain: bool,
+    /// Address of a listener speaking cloudwu's stable-connection dialect.
+    /// Default: none (off).
+    pub stable: Option<SocketAddr>,
     /// The operator's HTTP endpoint (metrics, reload, drain).
     pub admin: AdminConfig,
 }
@@ -159,6 +162,7 @@ impl Default for ServeConfig {
             upstream: UpstreamConfig::default(),
             plain: false,
             admin: AdminConfig::default(),
+            stable: None,
         }
     }
 }
@@ -390,6 +394,12 @@ impl ServeConfig {
                 "shards = {}: must be between 1 and {MAX_SHARDS}",
                 self.shards
             )));
+        }
+        if self.stable == Some(self.listen) {
+            // Both would bind it with SO_REUSEPORT and split its clients.
+            return Err(invalid(
+                "stable must be another address than listen: one listener speaks one dialect",
+            ));
         }
         if self.handshake_timeout.is_zero() {
             return Err(invalid(
@@ -888,6 +898,11 @@ impl ServeConfig {
             recv_buffers: self.recv_buffers,
             recv_buffer_size: self.recv_buffer_size,
             direct_table: self.direct_table,
+            doors: self
+                .stable
+                .map(|a| (a, crate::engine::Door::Stable))
+                .into_iter()
+                .collect(),
             backend,
             ..crate::engine::Config::default()
         };

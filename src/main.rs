@@ -172,6 +172,9 @@ fn run(what: &str, cfg: engine::Config, ops: Option<Ops>) -> ExitCode {
         gate.local_addr(),
         gate.shards()
     );
+    for addr in gate.door_addrs() {
+        println!("ringgate {what}: stable-connection clients on {addr}");
+    }
     let stopper = gate.stopper();
     match signals {
         Ok(mut signals) => {

@@ -434,3 +434,35 @@ fn netstring_framing_in_plain_mode() {
     assert!(closed_by_gate(|b| s.read(b)));
     h.finish();
 }
+
+/// A stable-connection session is served by the workers like an SCP one:
+/// frames both ways, before and after a resume.
+#[test]
+fn stable_connection_sessions_reach_the_workers() {
+    use ringgate::client::StableClient;
+    let b = builder().engine(|c| {
+        c.doors = vec![(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            ringgate::engine::Door::Stable,
+        )]
+    });
+    let h = harness(b, true);
+    let addr = h.handle.door_addrs()[0];
+    let mut c = StableClient::connect(addr, ClientOptions::default()).unwrap();
+    let read_frame = |c: &mut StableClient| {
+        let mut head = [0u8; 2];
+        c.read_exact(&mut head).expect("frame header");
+        let mut body = vec![0u8; u16::from_be_bytes(head) as usize];
+        c.read_exact(&mut body).expect("frame body");
+        body
+    };
+    c.write_all(&frame(b"hello")).unwrap();
+    assert_eq!(read_frame(&mut c), b"hello");
+    c.write_all(&frame(b"again")).unwrap();
+    assert_eq!(read_frame(&mut c), b"again");
+    c.abort();
+    c.resume().unwrap();
+    c.write_all(&frame(b"back")).unwrap();
+    assert_eq!(read_frame(&mut c), b"back");
+    h.finish();
+}

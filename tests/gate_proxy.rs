@@ -347,3 +347,29 @@ fn a_thousand_concurrent_sessions() {
     drop(clients);
     assert_serving(addr);
 }
+
+/// A stable-connection session reaches the upstream like an SCP one, and
+/// its resume keeps the upstream link.
+#[test]
+fn stable_connection_sessions_are_proxied() {
+    use ringgate::client::StableClient;
+    let up = upstream(Behaviour::Echo);
+    let mut cfg = config(proxy_to(vec![host("a", up.addr)], Announce::None));
+    cfg.doors = vec![(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        ringgate::engine::Door::Stable,
+    )];
+    let gate = start(cfg);
+    let mut c = StableClient::connect(gate.door_addrs()[0], ClientOptions::default()).unwrap();
+    let msg = payload(3, 4000);
+    c.write_all(&msg).unwrap();
+    let mut head = vec![0u8; 1000];
+    c.read_exact(&mut head).unwrap();
+    c.abort();
+    c.resume().unwrap();
+    let mut tail = vec![0u8; 3000];
+    c.read_exact(&mut tail).unwrap();
+    head.extend_from_slice(&tail);
+    assert_eq!(head, msg);
+    assert_eq!(gate.stats().sessions_resumed, 1);
+}

@@ -4,5 +4,7 @@
 
 pub mod blocking;
 pub mod loadgen;
+pub mod stable;
 
 pub use blocking::{ClientOptions, ResumeError, ScpClient};
+pub use stable::StableClient;

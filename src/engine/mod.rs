@@ -27,6 +27,7 @@
 
 pub mod backend;
 pub mod control;
+pub mod door;
 pub mod endpoint;
 pub mod outbound;
 pub mod ring;
@@ -40,6 +41,7 @@ pub mod workers;
 
 pub use backend::{Backend, UpstreamChoice, UpstreamPolicy};
 pub use control::{Control, Limits, SessionInfo, SessionState};
+pub use door::Door;
 pub use session::CloseReason;
 pub use session_id::{IdSpace, SessionId};
 pub use stats::{HostSnapshot, ShardSnapshot};
@@ -63,8 +65,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Number of shards (threads, rings).
     pub shards: usize,
-    /// Speak SCP to clients (`false`: a plain TCP relay).
+    /// Speak SCP to clients on `listen` (`false`: a plain TCP relay).
     pub scp: bool,
+    /// Further listeners and the dialect each speaks (none by default).
+    /// Every shard binds each with SO_REUSEPORT, like `listen`.
+    pub doors: Vec<(SocketAddr, door::Door)>,
     /// A connection that has not completed its handshake by then is closed.
     pub handshake_timeout: Duration,
     /// How long a session without a connection is kept.
@@ -123,6 +128,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 1248)),
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             scp: true,
+            doors: Vec::new(),
             handshake_timeout: Duration::from_secs(30),
             reuse_time: Duration::from_secs(30),
             reuse_buffer: 65536,
@@ -193,6 +199,9 @@ pub(crate) struct Handoff {
     from: usize,
     seq: u32,
     peer: Option<SocketAddr>,
+    door: door::Door,
+    /// Shards that looked for a stable-connection resume before the target.
+    hops: u16,
     bytes: Vec<u8>,
 }
 
@@ -382,6 +391,7 @@ pub struct Gate {
     hub: Option<Arc<workers::WorkerHub>>,
     threads: Vec<JoinHandle<Option<ShardRing>>>,
     local: SocketAddr,
+    door_addrs: Vec<SocketAddr>,
 }
 
 impl Gate {
@@ -391,20 +401,57 @@ impl Gate {
         if shards > 1 << 16 {
             return Err(SetupError::Other("at most 65536 shards".into()));
         }
-        // The first listener fixes the port (the address may ask for port 0).
+        // The first listener of each address fixes its port (the address
+        // may ask for port 0).
         let opts = sys::ListenOptions {
             keepalive: cfg.keepalive,
             backlog: shard::LISTEN_BACKLOG,
         };
-        let first = sys::listener(cfg.listen, opts)?;
-        let local = first
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .ok_or_else(|| SetupError::Other("listener has no address".into()))?;
-        let mut listeners = vec![first];
+        let primary = if cfg.scp {
+            door::Door::Scp
+        } else {
+            door::Door::Plain
+        };
+        let wanted: Vec<(SocketAddr, door::Door)> = std::iter::once((cfg.listen, primary))
+            .chain(cfg.doors.iter().copied())
+            .collect();
+        let mut bound = Vec::with_capacity(wanted.len());
+        let mut firsts = Vec::with_capacity(wanted.len());
+        for &(addr, d) in &wanted {
+            let first = sys::listener(addr, opts)?;
+            let local = first
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or_else(|| SetupError::Other("listener has no address".into()))?;
+            bound.push((local, d));
+            firsts.push(first);
+        }
+        let local = bound[0].0;
+        let door_addrs: Vec<SocketAddr> = bound[1..].iter().map(|(a, _)| *a).collect();
+        // listeners[shard] = that shard's socket for each address, in order.
+        let mut listeners: Vec<Vec<(i32, door::Door)>> = vec![
+            firsts
+                .into_iter()
+                .zip(&bound)
+                .map(|(sock, &(_, d))| (sock.into_raw_fd(), d))
+                .collect(),
+        ];
         for _ in 1..shards {
-            listeners.push(sys::listener(local, opts)?);
+            let mut mine = Vec::with_capacity(bound.len());
+            for &(addr, d) in &bound {
+                match sys::listener(addr, opts) {
+                    Ok(sock) => mine.push((sock.into_raw_fd(), d)),
+                    Err(e) => {
+                        for fd in listeners.iter().flatten().chain(&mine).map(|l| l.0) {
+                            // SAFETY: fds we just opened and nobody else holds.
+                            unsafe { libc::close(fd) };
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            listeners.push(mine);
         }
         let command_capacity = match &cfg.backend {
             Backend::Workers(hub) => hub.command_capacity.max(1),
@@ -455,7 +502,7 @@ impl Gate {
             go.push(go_tx);
             let (cfg, shared, ready_tx) = (cfg.clone(), shared.clone(), ready_tx.clone());
             let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
-            let listen_fd = listener.into_raw_fd();
+            let listen_fds: Vec<i32> = listener.iter().map(|l| l.0).collect();
             let t = std::thread::Builder::new()
                 .name(format!("ringgate-shard-{index}"))
                 .spawn(move || {
@@ -474,7 +521,7 @@ impl Gate {
                             shared.shards[index]
                                 .ring_fd
                                 .store(ring.as_raw_fd(), Ordering::Release);
-                            shard::Shard::new(index, ring, cfg, shared.clone(), listen_fd, local)
+                            shard::Shard::new(index, ring, cfg, shared.clone(), listener, local)
                         });
                     let shard = match built {
                         Ok(s) => {
@@ -484,16 +531,20 @@ impl Gate {
                         Err(e) => {
                             shared.shards[index].ring_fd.store(-1, Ordering::Release);
                             let _ = ready_tx.send(Err(e));
-                            // SAFETY: our listener fd, unused elsewhere.
-                            unsafe { libc::close(listen_fd) };
+                            for fd in &listen_fds {
+                                // SAFETY: our listener fds, unused elsewhere.
+                                unsafe { libc::close(*fd) };
+                            }
                             return None;
                         }
                     };
                     let ring = (go_rx.recv() == Ok(true)).then(|| shard.run());
                     // Other shards stop handing connections to this one.
                     shared.shards[index].ring_fd.store(-1, Ordering::Release);
-                    // SAFETY: as above; the ring that used it no longer accepts.
-                    unsafe { libc::close(listen_fd) };
+                    for fd in &listen_fds {
+                        // SAFETY: as above; the ring that used them no longer accepts.
+                        unsafe { libc::close(*fd) };
+                    }
                     ring.map(|(d, bufs)| ShardRing(d, bufs))
                 })
                 .map_err(|e| SetupError::Other(format!("cannot start a shard thread: {e}")))?;
@@ -527,12 +578,18 @@ impl Gate {
             hub,
             threads,
             local,
+            door_addrs,
         })
     }
 
     /// The address the gate listens on (with the real port when 0 was asked).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The addresses of [`Config::doors`], in order, with the real ports.
+    pub fn door_addrs(&self) -> &[SocketAddr] {
+        &self.door_addrs
     }
 
     /// Number of shards.

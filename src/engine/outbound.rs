@@ -4,9 +4,11 @@
 //! straight into the replay window and sent from there, so the window is the
 //! send buffer and no other copy exists. A plain stream is
 //! [`Outbound::Plain`]: a bounded queue whose in-flight half never moves while
-//! the kernel reads it.
+//! the kernel reads it. A stable-connection session is [`Outbound::Stable`]:
+//! like SCP, its window is its send buffer.
 
 use crate::proto::session::Session;
+use crate::proto::stable::StableSession;
 
 /// A bounded byte queue: appends go to `pending`; a send takes all of
 /// `pending` as `inflight`, which is left untouched until the send completes.
@@ -39,6 +41,9 @@ pub enum Outbound {
     Scp(Box<Session>),
     /// No SCP: a bounded plain queue.
     Plain(PlainQueue),
+    /// cloudwu's stable-connection dialect: encrypted into its replay
+    /// window, with fingerprints of the plaintext.
+    Stable(Box<StableSession>),
 }
 
 impl Outbound {
@@ -46,6 +51,7 @@ impl Outbound {
     pub fn free_space(&self) -> usize {
         match self {
             Outbound::Scp(s) => s.window().free_space(),
+            Outbound::Stable(s) => s.window().free_space(),
             Outbound::Plain(q) => q.limit.saturating_sub(q.unsent()),
         }
     }
@@ -54,6 +60,7 @@ impl Outbound {
     pub fn push(&mut self, plain: &[u8]) -> usize {
         match self {
             Outbound::Scp(s) => s.encrypt(plain),
+            Outbound::Stable(s) => s.encrypt(plain),
             Outbound::Plain(q) => {
                 let n = plain.len().min(q.limit.saturating_sub(q.unsent()));
                 q.pending.extend_from_slice(&plain[..n]);
@@ -66,6 +73,7 @@ impl Outbound {
     pub fn unsent(&self) -> usize {
         match self {
             Outbound::Scp(s) => s.window().unsent(),
+            Outbound::Stable(s) => s.window().unsent(),
             Outbound::Plain(q) => q.unsent(),
         }
     }
@@ -88,6 +96,10 @@ impl Outbound {
                 let w = s.window();
                 (None, Some(w.slices_from(w.flushed())))
             }
+            Outbound::Stable(s) => {
+                let w = s.window();
+                (None, Some(w.slices_from(w.flushed())))
+            }
         };
         plain
             .filter(|p| !p.is_empty())
@@ -99,6 +111,7 @@ impl Outbound {
     pub fn sent(&mut self, n: usize) {
         match self {
             Outbound::Scp(s) => s.window_mut().mark_sent(n),
+            Outbound::Stable(s) => s.window_mut().mark_sent(n),
             Outbound::Plain(q) => {
                 q.inflight_done = (q.inflight_done + n).min(q.inflight.len());
                 if q.inflight_done == q.inflight.len() {
@@ -117,7 +130,7 @@ impl Outbound {
     pub fn session(&self) -> Option<&Session> {
         match self {
             Outbound::Scp(s) => Some(s),
-            Outbound::Plain(_) => None,
+            _ => None,
         }
     }
 
@@ -125,7 +138,43 @@ impl Outbound {
     pub fn session_mut(&mut self) -> Option<&mut Session> {
         match self {
             Outbound::Scp(s) => Some(s),
-            Outbound::Plain(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The stable-connection session, if this is one.
+    pub fn stable(&self) -> Option<&StableSession> {
+        match self {
+            Outbound::Stable(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The stable-connection session, mutably, if this is one.
+    pub fn stable_mut(&mut self) -> Option<&mut StableSession> {
+        match self {
+            Outbound::Stable(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether the peer on this side may come back (its session outlives a
+    /// dropped connection).
+    pub fn resumable(&self) -> bool {
+        !matches!(self, Outbound::Plain(_))
+    }
+
+    /// Decrypts and counts bytes the peer on this side sent, in place;
+    /// returns how many leading bytes were resent copies of bytes already
+    /// received, to be dropped (stable-connection resumes).
+    pub fn decrypt(&mut self, data: &mut [u8]) -> usize {
+        match self {
+            Outbound::Scp(s) => {
+                s.decrypt(data);
+                0
+            }
+            Outbound::Stable(s) => s.decrypt_fresh(data),
+            Outbound::Plain(_) => 0,
         }
     }
 
@@ -133,6 +182,7 @@ impl Outbound {
     pub fn memory_bytes(&self) -> usize {
         match self {
             Outbound::Scp(s) => s.window().memory_bytes(),
+            Outbound::Stable(s) => s.memory_bytes(),
             Outbound::Plain(q) => q.pending.capacity() + q.inflight.capacity(),
         }
     }

@@ -259,6 +259,56 @@ impl Relay {
         self.client.session()
     }
 
+    /// The stable-connection session, if the client side speaks it.
+    pub fn stable(&self) -> Option<&crate::proto::stable::StableSession> {
+        self.client.stable()
+    }
+
+    /// The stable-connection session, mutably.
+    pub fn stable_mut(&mut self) -> Option<&mut crate::proto::stable::StableSession> {
+        self.client.stable_mut()
+    }
+
+    /// Whether the client may come back after its connection drops.
+    pub fn resumable(&self) -> bool {
+        self.client.resumable()
+    }
+
+    /// A stable-connection client proved it holds this session and has
+    /// received `received` bytes; the answer told it the session had
+    /// received `answered`. Rewinds the window so that its unsent bytes are
+    /// what the client lacks, and tells the workers. Returns the count to
+    /// resend, or `None` (and the session closes) when the window no longer
+    /// covers it.
+    pub fn handle_stable_resume(&mut self, received: u64, answered: u64) -> Option<usize> {
+        let s = self.client.stable_mut()?;
+        match s.accept_resume_from(received, answered) {
+            Some(resend) => {
+                self.note_resumed();
+                Some(resend)
+            }
+            None => {
+                self.close(CloseReason::ReplayExceeded);
+                None
+            }
+        }
+    }
+
+    /// One waiting `Resumed` stands for several, and a worker that has not
+    /// seen the detach yet is spared both: a client resuming in a loop
+    /// cannot grow the notes while its worker is stalled.
+    fn note_resumed(&mut self) {
+        if let Peer::Workers(w) = &mut self.peer {
+            match w.notes.back() {
+                Some(Note::Detached) => {
+                    w.notes.pop_back();
+                }
+                Some(Note::Resumed) => {}
+                _ => w.notes.push_back(Note::Resumed),
+            }
+        }
+    }
+
     /// The peer side.
     pub fn peer(&self) -> &Peer {
         &self.peer
@@ -331,9 +381,8 @@ impl Relay {
         if self.closing.is_some() {
             return;
         }
-        if let Some(s) = self.client.session_mut() {
-            s.decrypt(data);
-        }
+        let dup = self.client.decrypt(data);
+        let data = &mut data[dup..];
         if !self.from_client.is_empty() {
             self.from_client.extend_from_slice(data);
             return;
@@ -445,19 +494,7 @@ impl Relay {
         match s.accept_resume(req) {
             Ok(resend) => {
                 let received = s.received() as u32;
-                // One waiting `Resumed` stands for several, and a worker that
-                // has not seen the detach yet is spared both: a client
-                // resuming in a loop cannot grow the notes while its worker
-                // is stalled.
-                if let Peer::Workers(w) = &mut self.peer {
-                    match w.notes.back() {
-                        Some(Note::Detached) => {
-                            w.notes.pop_back();
-                        }
-                        Some(Note::Resumed) => {}
-                        _ => w.notes.push_back(Note::Resumed),
-                    }
-                }
+                self.note_resumed();
                 Ok((received, resend))
             }
             Err(Status::NotAcceptable) => {

@@ -238,6 +238,7 @@ impl Builder {
             inner: Arc::new(Inner {
                 ids: IdSpace::new(gate.shards()),
                 local: gate.local_addr(),
+                doors: gate.door_addrs().to_vec(),
                 format: self.format,
                 shared: shared.clone(),
                 gate: Mutex::new(Some(gate)),
@@ -260,6 +261,7 @@ impl Builder {
 struct Inner {
     ids: IdSpace,
     local: SocketAddr,
+    doors: Vec<SocketAddr>,
     format: FrameFormat,
     shared: Arc<Shared>,
     gate: Mutex<Option<Gate>>,
@@ -286,6 +288,12 @@ impl Handle {
     /// The address the gate listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local
+    }
+
+    /// The addresses of the engine's further listeners (its `doors`), in
+    /// order, with the real ports.
+    pub fn door_addrs(&self) -> &[SocketAddr] {
+        &self.inner.doors
     }
 
     fn owner(&self, session: SessionId) -> Option<usize> {

@@ -32,6 +32,13 @@ impl Rc4 {
         Rc4 { s, i: 0, j: 0 }
     }
 
+    /// A cipher whose key setup was done elsewhere: `s` is the initial
+    /// state box, the output loop starts at `i = j = 0`. The stable-connection
+    /// dialect fills the box without the standard schedule's swaps.
+    pub fn from_state(s: [u8; 256]) -> Self {
+        Rc4 { s, i: 0, j: 0 }
+    }
+
     /// The cipher for a session secret (`rc4_key(secret)` as key).
     pub fn from_secret(secret: u64) -> Self {
         Self::new(&super::crypt::rc4_key(secret))

@@ -172,6 +172,18 @@ impl ReplayWindow {
         Ok(missing)
     }
 
+    /// Like [`rewind`](Self::rewind) with a full-width count (dialects whose
+    /// counts are u64 on the wire): `None` when `peer_received` is ahead of
+    /// what was written or behind what is held.
+    pub fn rewind_to(&mut self, peer_received: u64) -> Option<usize> {
+        let missing = self.written.checked_sub(peer_received)?;
+        if missing > self.held() as u64 {
+            return None;
+        }
+        self.flushed = peer_received;
+        Some(missing as usize)
+    }
+
     /// Heap bytes currently held by the window's pages.
     pub fn memory_bytes(&self) -> usize {
         self.pages.iter().filter(|p| p.is_some()).count() * PAGE

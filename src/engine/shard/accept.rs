@@ -7,57 +7,74 @@ use crate::engine::sys::RawAddr;
 use io_uring::opcode;
 
 impl Shard {
-    /// Arms accepting as the table's free slots allow: one multishot
-    /// accept while a whole backlog's burst still fits above the reserve;
-    /// closer to it, single-shot accepts, as many outstanding as there are
-    /// free slots above the reserve (at most [`SINGLE_ACCEPTS`]); at the
-    /// reserve, none (clients wait in the backlog).
+    /// Arms accepting on every listener as the table's free slots allow:
+    /// one multishot accept each while a whole backlog's burst per listener
+    /// still fits above the reserve; closer to it, single-shot accepts, as
+    /// many outstanding as there are free slots above the reserve (at most
+    /// [`SINGLE_ACCEPTS`]), shared between the listeners; at the reserve,
+    /// none (clients wait in the backlog).
     pub(super) fn arm_accept(&mut self) {
         let free = self.table.saturating_sub(self.slots);
-        let tag = Some(Tag::shard(Op::Accept));
-        if free > self.reserve + LISTEN_BACKLOG as usize {
-            if self.accepts.is_empty() {
-                self.accept_multishot = true;
-                let e = opcode::AcceptMulti::new(types::Fd(self.listener))
-                    .allocate_file_index(true)
-                    .build();
-                let op = self.d.push(e, tag, Owned::None);
-                self.accepts.push(op);
+        let n = self.listeners.len().max(1);
+        if free > self.reserve + LISTEN_BACKLOG as usize * n {
+            for li in 0..self.listeners.len() {
+                let l = &mut self.listeners[li];
+                if l.accepts.is_empty() {
+                    l.multishot = true;
+                    let e = opcode::AcceptMulti::new(types::Fd(l.fd))
+                        .allocate_file_index(true)
+                        .build();
+                    let op = self
+                        .d
+                        .push(e, Some(Tag::new(Op::Accept, li, 0)), Owned::None);
+                    self.listeners[li].accepts.push(op);
+                }
             }
             self.accept_paused = false;
             return;
         }
-        if self.accept_multishot {
+        if self.listeners.iter().any(|l| l.multishot) {
             return; // being switched off; single-shot accepts start after it ends
         }
         let room = free.saturating_sub(self.reserve).min(SINGLE_ACCEPTS);
-        if room == 0 && self.accepts.is_empty() && !self.accept_paused {
+        let outstanding: usize = self.listeners.iter().map(|l| l.accepts.len()).sum();
+        if room == 0 && outstanding == 0 && !self.accept_paused {
             self.accept_paused = true;
             self.count(|s| &s.accept_pauses);
             self.warn_limit("direct descriptor table nearly full: accepting paused until connections close; add shards or raise the fd limit");
         }
-        while self.accepts.len() < room {
-            let e = opcode::Accept::new(
-                types::Fd(self.listener),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-            .file_index(Some(types::DestinationSlot::auto_target()))
-            .build();
-            let op = self.d.push(e, tag, Owned::None);
-            self.accepts.push(op);
-            self.accept_paused = false;
+        // Each listener gets its share; the first also the remainder.
+        for li in 0..self.listeners.len() {
+            let share = room / n + if li == 0 { room % n } else { 0 };
+            while self.listeners[li].accepts.len() < share {
+                let e = opcode::Accept::new(
+                    types::Fd(self.listeners[li].fd),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+                .file_index(Some(types::DestinationSlot::auto_target()))
+                .build();
+                let op = self
+                    .d
+                    .push(e, Some(Tag::new(Op::Accept, li, 0)), Owned::None);
+                self.listeners[li].accepts.push(op);
+                self.accept_paused = false;
+            }
         }
     }
 
-    pub(super) fn on_accept(&mut self, c: &Completion<Tag>) {
+    pub(super) fn on_accept(&mut self, li: usize, c: &Completion<Tag>) {
+        let Some(l) = self.listeners.get_mut(li) else {
+            return;
+        };
         if !c.more() {
-            self.accepts.retain(|&op| op != c.op);
-            if self.accepts.is_empty() {
-                self.accept_multishot = false;
-                self.accept_switching = false;
+            l.accepts.retain(|&op| op != c.op);
+            if l.accepts.is_empty() {
+                l.multishot = false;
+                l.switching = false;
             }
         }
+        let door = l.door;
         if c.result < 0 {
             match -c.result {
                 libc::ECANCELED => {}
@@ -78,31 +95,31 @@ impl Shard {
             self.close_slot(slot);
             return;
         }
-        let scp = self.cfg.scp;
+        let greets = door.greets();
         let pending_here =
             (self.shared.tunables.max_pending_handshakes() / self.cfg.shards.max(1)).max(1);
-        if scp && self.greeting >= pending_here {
+        if greets && self.greeting >= pending_here {
             self.warn_limit("max_pending_handshakes reached: new connections are being closed");
             self.close_slot(slot);
             return;
         }
-        if !scp && self.draining() {
+        if !greets && self.draining() {
             // A plain connection cannot be a resume: while draining, all are new.
             self.count(|s| &s.new_refused_draining);
             self.close_slot(slot);
             return;
         }
-        if !scp && self.sessions.len() >= self.max_sessions_here() {
+        if !greets && self.sessions.len() >= self.max_sessions_here() {
             self.warn_limit("max_sessions reached: new connections are being closed");
             self.close_slot(slot);
             return;
         }
-        let state = if scp {
-            ConnState::Greeting(Box::default())
+        let state = if greets {
+            ConnState::Greeting(Box::new(DoorGreeting::new(door, 0)))
         } else {
             ConnState::Opening
         };
-        let ci = self.new_conn(slot, None, state);
+        let ci = self.new_conn(slot, None, door, state);
         // Reading starts once the peer address is known, so that a session
         // (and its upstream announcement) always has it.
         self.request_peername(ci);
@@ -117,6 +134,7 @@ impl Shard {
         &mut self,
         slot: u32,
         peer: Option<SocketAddr>,
+        door: Door,
         state: ConnState,
     ) -> usize {
         let epoch = self.new_epoch();
@@ -125,6 +143,7 @@ impl Shard {
             epoch,
             ep: Endpoint::new(slot),
             peer,
+            door,
             state,
             answer: Vec::new(),
             sending_session: false,
@@ -160,7 +179,7 @@ impl Shard {
                 conn.peer = addr.to_socket_addr();
             }
         }
-        if !self.cfg.scp {
+        if conn.door == Door::Plain {
             self.open_plain_session(ci);
         }
         self.sync_conn(ci);

@@ -69,17 +69,21 @@ impl Shard {
         let ConnState::Greeting(g) = &mut self.conns[ci].state else {
             return;
         };
-        match g.handle_bytes(data, ids, shards, here) {
+        if let DoorGreeting::Stable(_) = **g {
+            self.greet_stable(ci, data);
+            return;
+        }
+        match g.handle_scp(data, ids, shards, here) {
             Greeted::NeedMore => {}
             Greeted::Refused { answer, why } => self.fail_greeting(ci, &why, answer),
             Greeted::New { target, flag, rest } => self.new_session(ci, target, flag, rest),
-            Greeted::HandOver { to } => self.hand_off(ci, to),
+            Greeted::HandOver { to } => self.hand_off(ci, to, 0),
             Greeted::Resume { req, rest } => self.resume(ci, req, rest),
         }
     }
 
     /// The greeting is over, one way or the other.
-    pub(super) fn end_greeting(&mut self, ci: usize) -> Option<Box<Greeting>> {
+    pub(super) fn end_greeting(&mut self, ci: usize) -> Option<Box<DoorGreeting>> {
         let conn = &mut self.conns[ci];
         if !matches!(conn.state, ConnState::Greeting(_)) {
             return None;
@@ -105,9 +109,12 @@ impl Shard {
     pub(super) fn refuse_resume(&mut self, ci: usize, status: Status) {
         self.count(|s| &s.resumes_failed);
         self.stats().refused(status);
-        let mut g = self.end_greeting(ci).unwrap_or_default();
+        let answer = match self.end_greeting(ci).map(|g| *g) {
+            Some(DoorGreeting::Scp(mut g)) => g.answer_resume(0, status),
+            _ => Greeting::default().answer_resume(0, status),
+        };
         let conn = &mut self.conns[ci];
-        conn.answer = g.answer_resume(0, status);
+        conn.answer = answer;
         conn.state = ConnState::Finishing;
     }
 

@@ -9,7 +9,8 @@ impl Shard {
     /// The resume in connection `ci` belongs to shard `target`: stop
     /// reading (so no byte is read here after the copy that travels), then
     /// send it over.
-    pub(super) fn hand_off(&mut self, ci: usize, target: usize) {
+    /// `hops`: shards that looked for it before the target.
+    pub(super) fn hand_off(&mut self, ci: usize, target: usize, hops: u16) {
         let raw = self
             .end_greeting(ci)
             .map(|mut g| g.take_raw())
@@ -18,24 +19,31 @@ impl Shard {
             target,
             raw,
             sent: false,
+            hops,
         };
     }
 
     pub(super) fn send_handoff(&mut self, ci: usize) {
         let conn = &mut self.conns[ci];
-        let ConnState::HandingOff { target, raw, sent } = &mut conn.state else {
+        let ConnState::HandingOff {
+            target,
+            raw,
+            sent,
+            hops,
+        } = &mut conn.state
+        else {
             return;
         };
         if *sent {
             return;
         }
         *sent = true;
-        let target = *target;
+        let (target, hops) = (*target, *hops);
         let link = &self.shared.shards[target];
         let ring_fd = link.ring_fd.load(Ordering::Acquire);
         if ring_fd < 0 {
             // The owner has stopped.
-            self.finish_with(ci, b"0\n501");
+            self.refuse_handoff(ci);
             return;
         }
         self.handoff_seq = self.handoff_seq.wrapping_add(1);
@@ -44,6 +52,8 @@ impl Shard {
             from: self.index,
             seq,
             peer: conn.peer,
+            door: conn.door,
+            hops,
             bytes: std::mem::take(raw),
         });
         let e = opcode::MsgRingSendFd::new(
@@ -65,14 +75,25 @@ impl Shard {
             // The owner's table is full (or it is gone). Its inbox entry is
             // swept there once stale.
             self.warn_limit(&format!(
-                "handing a resume to its shard failed ({}): answered 501",
+                "handing a resume to its shard failed ({}): refused",
                 std::io::Error::from_raw_os_error(-res)
             ));
-            self.finish_with(ci, b"0\n501");
+            self.refuse_handoff(ci);
             self.sync_conn(ci);
         } else {
             self.count(|s| &s.handoffs_out);
             self.close_conn(ci);
+        }
+    }
+
+    /// A resume that could not be handed over: SCP answers 501; the
+    /// stable-connection dialect has no codes, so it is just closed.
+    fn refuse_handoff(&mut self, ci: usize) {
+        if self.conns[ci].door == Door::Scp {
+            self.finish_with(ci, b"0\n501");
+        } else {
+            self.count(|s| &s.resumes_failed);
+            self.conns[ci].state = ConnState::Finishing;
         }
     }
 
@@ -109,7 +130,13 @@ impl Shard {
             return;
         }
         self.count(|s| &s.handoffs_in);
-        let ci = self.new_conn(res as u32, h.peer, ConnState::Greeting(Box::default()));
+        let greeting = DoorGreeting::new(h.door, h.hops);
+        let ci = self.new_conn(
+            res as u32,
+            h.peer,
+            h.door,
+            ConnState::Greeting(Box::new(greeting)),
+        );
         let mut bytes = h.bytes;
         self.greet(ci, &mut bytes);
         match self.attached(ci) {

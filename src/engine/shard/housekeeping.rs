@@ -105,10 +105,12 @@ impl Shard {
             sessions = self.by_id.len(),
             "shutting down"
         );
-        for op in std::mem::take(&mut self.accepts) {
-            self.d.cancel(op);
+        for li in 0..self.listeners.len() {
+            for op in std::mem::take(&mut self.listeners[li].accepts) {
+                self.d.cancel(op);
+            }
+            self.listeners[li].multishot = false;
         }
-        self.accept_multishot = false;
         let sessions: Vec<usize> = self.sessions.iter().map(|(i, _)| i).collect();
         for si in sessions {
             self.close_session(si, CloseReason::Shutdown);

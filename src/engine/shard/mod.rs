@@ -18,10 +18,12 @@ mod control;
 mod handoff;
 mod housekeeping;
 mod sessions;
+mod stable;
 mod upstream;
 mod workers;
 
 use super::backend::{Backend, UpstreamChoice, UpstreamPolicy};
+use super::door::{Door, DoorGreeting, StableIndex};
 use super::endpoint::{Endpoint, RecvPolicy};
 use super::ring::{BufRing, Completion, Driver, FOREIGN, MsgHeader, OpId};
 use super::session::{Greeting, Relay};
@@ -117,8 +119,9 @@ fn decode_foreign(v: u64) -> Option<Tag> {
 enum ConnState {
     /// Plain mode: waiting for the peer address before opening the session.
     Opening,
-    /// Reading the first record (SCP only).
-    Greeting(Box<Greeting>),
+    /// Reading the door's greeting (SCP's first record, or the
+    /// stable-connection handshake).
+    Greeting(Box<DoorGreeting>),
     /// Carrying session `(index, epoch)`.
     Attached(usize, u32),
     /// Handing itself to another shard: its receive ends first, so that no
@@ -127,6 +130,9 @@ enum ConnState {
         target: usize,
         raw: Vec<u8>,
         sent: bool,
+        /// Shards that looked before the target (unmatched stable resumes
+        /// walk the shards in turn).
+        hops: u16,
     },
     /// Writing a final answer, then closing.
     Finishing,
@@ -136,6 +142,8 @@ struct Conn {
     epoch: u32,
     ep: Endpoint,
     peer: Option<SocketAddr>,
+    /// The listener's dialect.
+    door: Door,
     state: ConnState,
     /// A handshake answer to write before any session byte.
     answer: Vec<u8>,
@@ -192,6 +200,19 @@ struct Sess {
     waiting: bool,
     /// Counted in `sessions_closed` and logged.
     ended: bool,
+    /// Stable-connection sessions: the next boundary whose fingerprint is
+    /// not yet in the shard's index.
+    indexed: u64,
+}
+
+/// One listening socket of the shard and its accepts.
+struct Listener {
+    fd: i32,
+    door: Door,
+    /// Accept operations in flight (one multishot, or several single-shot).
+    accepts: Vec<OpId>,
+    multishot: bool,
+    switching: bool,
 }
 
 /// The shard's event loop state.
@@ -202,7 +223,7 @@ pub struct Shard {
     index: usize,
     cfg: Arc<Config>,
     shared: Arc<Shared>,
-    listener: i32,
+    listeners: Vec<Listener>,
     local: SocketAddr,
     conns: Slab<Conn>,
     sessions: Slab<Sess>,
@@ -218,11 +239,9 @@ pub struct Shard {
     meta_pool: Vec<Box<MsgHeader>>,
     rng: StdRng,
     proxy: Option<Arc<dyn UpstreamPolicy>>,
-    /// Accept operations in flight (one multishot, or several single-shot).
-    accepts: Vec<OpId>,
-    accept_multishot: bool,
-    accept_switching: bool,
     accept_paused: bool,
+    /// Stable-connection sessions by fingerprint at each boundary.
+    stable_index: StableIndex,
     /// Size of the ring's direct-descriptor table, and slots in use in it.
     /// Accepting pauses while fewer than `reserve` slots are free, so that
     /// resumes handed over from other shards and upstream sockets still find
@@ -267,7 +286,7 @@ impl Shard {
         mut ring: IoUring,
         cfg: Arc<Config>,
         shared: Arc<Shared>,
-        listener: i32,
+        listeners: Vec<(i32, Door)>,
         local: SocketAddr,
     ) -> Result<Shard, sys::SetupError> {
         let wanted = match cfg.direct_table {
@@ -303,7 +322,16 @@ impl Shard {
             worker_waiting: Vec::new(),
             cfg,
             shared,
-            listener,
+            listeners: listeners
+                .into_iter()
+                .map(|(fd, door)| Listener {
+                    fd,
+                    door,
+                    accepts: Vec::new(),
+                    multishot: false,
+                    switching: false,
+                })
+                .collect(),
             local,
             conns: Slab::new(),
             sessions: Slab::new(),
@@ -313,10 +341,8 @@ impl Shard {
             greeting: 0,
             meta_pool: Vec::new(),
             rng: StdRng::from_os_rng(),
-            accepts: Vec::new(),
-            accept_multishot: false,
-            accept_switching: false,
             accept_paused: false,
+            stable_index: StableIndex::default(),
             table: table as usize,
             slots: 0,
             reserve: (table as usize / 16).max(32),
@@ -423,7 +449,7 @@ impl Shard {
             _ => {}
         }
         match op {
-            Op::Accept => self.on_accept(&c),
+            Op::Accept => self.on_accept(index, &c),
             Op::PeerName => self.on_peername(index, epoch, c),
             Op::Recv => self.on_recv(index, epoch, c),
             Op::Send => self.on_send(index, epoch, c),
@@ -440,17 +466,25 @@ impl Shard {
     }
 
     fn after_batch(&mut self) {
-        if self.stopping.is_none() && self.listener >= 0 {
+        if self.stopping.is_none() && !self.listeners.is_empty() {
             let free = self.table.saturating_sub(self.slots);
-            if !self.accept_multishot {
+            let burst = LISTEN_BACKLOG as usize * self.listeners.len();
+            if !self.listeners.iter().any(|l| l.multishot) {
                 self.arm_accept();
-            } else if !self.accept_switching && free <= self.reserve + LISTEN_BACKLOG as usize {
-                // Too close for a burst: end the multishot accept; the next
+            } else if free <= self.reserve + burst {
+                // Too close for a burst: end the multishot accepts; the next
                 // arm takes connections one at a time.
-                self.accept_switching = true;
-                for op in self.accepts.clone() {
-                    self.d.cancel(op);
+                for li in 0..self.listeners.len() {
+                    let l = &mut self.listeners[li];
+                    if l.multishot && !l.switching {
+                        l.switching = true;
+                        for op in l.accepts.clone() {
+                            self.d.cancel(op);
+                        }
+                    }
                 }
+            } else if self.listeners.iter().any(|l| l.accepts.is_empty()) {
+                self.arm_accept();
             }
         }
     }

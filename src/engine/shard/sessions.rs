@@ -37,7 +37,7 @@ impl Shard {
     }
 
     /// A new session entry attached to connection `ci`.
-    fn insert_session(
+    pub(super) fn insert_session(
         &mut self,
         id: u32,
         client: Outbound,
@@ -67,6 +67,7 @@ impl Shard {
             queue,
             waiting: false,
             ended: false,
+            indexed: 0,
         });
         if id != 0 {
             self.by_id.insert(id, si);
@@ -103,7 +104,7 @@ impl Shard {
             return;
         };
         let random: u64 = self.rng.random();
-        let Some(mut g) = self.end_greeting(ci) else {
+        let Some(DoorGreeting::Scp(mut g)) = self.end_greeting(ci).map(|g| *g) else {
             return;
         };
         let (ns, answer) = g.accept_new(id, random);
@@ -174,7 +175,7 @@ impl Shard {
         } else {
             self.uncount(|s| &s.detached);
         }
-        let Some(mut g) = self.end_greeting(ci) else {
+        let Some(DoorGreeting::Scp(mut g)) = self.end_greeting(ci).map(|g| *g) else {
             return;
         };
         let answer = g.answer_resume(received, crate::proto::message::Status::Ok);
@@ -209,7 +210,7 @@ impl Shard {
             return;
         };
         s.conn = None;
-        if s.relay.scp().is_some() && s.relay.closing().is_none() {
+        if s.relay.resumable() && s.relay.closing().is_none() {
             let token = self.next_epoch.wrapping_add(1).max(1);
             self.next_epoch = token;
             let s = &mut self.sessions[si];
@@ -271,6 +272,7 @@ impl Shard {
             self.close_conn(ci);
         }
         self.close_up(si);
+        self.reindex(si);
     }
 
     /// Frees a closed session once its connection and upstream are gone
@@ -314,6 +316,7 @@ impl Shard {
                 self.close_session(si, reason);
             }
         }
+        self.reindex(si);
         if let Some(ci) = self.sessions[si].conn {
             self.sync_conn(ci);
         }
