@@ -15,3 +15,4 @@ pub mod rc4;
 pub mod replay;
 pub mod server;
 pub mod session;
+pub mod skynet;
