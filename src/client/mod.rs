@@ -1,9 +1,11 @@
-//! The client side of SCP over real sockets: a blocking client for tests,
-//! examples and tools, and the io_uring load generator. Both drive the same
-//! sans-IO [`crate::proto`] code as the gate.
+//! The client side over real sockets: a blocking SCP client for tests,
+//! examples and tools, the io_uring load generator, and a blocking client
+//! for skynet's login server and msgserver gate. All drive the same sans-IO
+//! [`crate::proto`] code as the gate.
 
 pub mod blocking;
 pub mod loadgen;
+pub mod skynet;
 pub mod stable;
 
 pub use blocking::{ClientOptions, ResumeError, ScpClient};

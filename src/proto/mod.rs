@@ -15,4 +15,5 @@ pub mod rc4;
 pub mod replay;
 pub mod server;
 pub mod session;
+pub mod skynet;
 pub mod stable;
