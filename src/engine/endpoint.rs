@@ -185,7 +185,7 @@ impl Endpoint {
     pub fn send_owned<T: Copy>(&mut self, d: &mut Driver<T>, bytes: Vec<u8>, tag: T) {
         debug_assert!(self.send.is_none());
         let e = opcode::Send::new(self.fd(), bytes.as_ptr(), bytes.len() as u32).build();
-        self.send = Some(d.push(e, Some(tag), Owned::Bytes(bytes)));
+        self.send = Some(d.push(e, Some(tag), Owned::Bytes(Box::new(bytes))));
     }
 
     /// Sends `pieces`, memory the caller keeps alive and unchanged until
@@ -497,7 +497,7 @@ mod tests {
             for c in out.drain(..) {
                 if c.tag == 3 {
                     sent = Some(r.ep.on_send(&c));
-                    assert!(matches!(&c.mem, Owned::Bytes(b) if b == b"answer"));
+                    assert!(matches!(&c.mem, Owned::Bytes(b) if b.as_slice() == b"answer"));
                 }
             }
             if sent.is_some() {

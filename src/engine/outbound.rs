@@ -40,7 +40,7 @@ pub enum Outbound {
     /// SCP: encrypted into the replay window.
     Scp(Box<Session>),
     /// No SCP: a bounded plain queue.
-    Plain(PlainQueue),
+    Plain(Box<PlainQueue>),
     /// cloudwu's stable-connection dialect: encrypted into its replay
     /// window, with fingerprints of the plaintext.
     Stable(Box<StableSession>),

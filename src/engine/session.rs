@@ -141,10 +141,11 @@ pub struct Workers {
 pub enum Peer {
     /// Back to the client.
     Echo,
-    /// An upstream server.
-    Upstream(Upstream),
-    /// The embedding program's workers.
-    Workers(Workers),
+    /// An upstream server (boxed: most gates have none, and a session's
+    /// size is paid a million times).
+    Upstream(Box<Upstream>),
+    /// The embedding program's workers (boxed, likewise).
+    Workers(Box<Workers>),
 }
 
 /// Bytes the session relays, and the rules for relaying them.
@@ -203,23 +204,23 @@ impl Relay {
             u.pending = Some(hs);
             u.announce = announce;
         } else {
-            let mut out = Outbound::Plain(super::outbound::PlainQueue::new(relay_buffer));
+            let mut out = Outbound::Plain(Box::new(super::outbound::PlainQueue::new(relay_buffer)));
             out.push(&announce);
             u.out = Some(out);
         }
-        Peer::Upstream(u)
+        Peer::Upstream(Box::new(u))
     }
 
     /// The peer side for embedded mode.
     pub fn workers(decoder: FrameDecoder) -> Peer {
         let mut notes = VecDeque::new();
         notes.push_back(Note::Opened);
-        Peer::Workers(Workers {
+        Peer::Workers(Box::new(Workers {
             decoder,
             rx: BytesMut::new(),
             notes,
             broken: None,
-        })
+        }))
     }
 
     /// The client side's outgoing bytes.
@@ -444,8 +445,10 @@ impl Relay {
 
     /// `n` bytes of the upstream side's current send went out.
     pub fn handle_peer_sent(&mut self, n: usize) {
-        if let Peer::Upstream(Upstream { out: Some(o), .. }) = &mut self.peer {
-            o.sent(n);
+        if let Peer::Upstream(u) = &mut self.peer {
+            if let Some(o) = u.out.as_mut() {
+                o.sent(n);
+            }
         }
         self.drain_from_client();
     }
@@ -839,7 +842,10 @@ mod tests {
 
     fn flush_peer(r: &mut Relay) -> Vec<u8> {
         let mut all = Vec::new();
-        while let Peer::Upstream(Upstream { out: Some(o), .. }) = &mut r.peer {
+        while let Peer::Upstream(u) = &mut r.peer {
+            let Some(o) = u.out.as_mut() else {
+                break;
+            };
             let Some(piece) = o.next_pieces().next().map(|p| p.to_vec()) else {
                 break;
             };
@@ -857,7 +863,7 @@ mod tests {
     }
 
     fn plain(limit: usize) -> Outbound {
-        Outbound::Plain(PlainQueue::new(limit))
+        Outbound::Plain(Box::new(PlainQueue::new(limit)))
     }
 
     #[test]

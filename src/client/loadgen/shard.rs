@@ -584,7 +584,7 @@ impl Shard {
                 self.headers.push(header);
                 None
             }
-            Owned::Bytes(bytes) => Some(bytes),
+            Owned::Bytes(bytes) => Some(*bytes),
             _ => None,
         };
         let ep = match c.ep.as_mut() {

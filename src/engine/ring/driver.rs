@@ -30,8 +30,9 @@ pub enum Owned {
     /// Nothing (the operation points at no memory of ours).
     #[default]
     None,
-    /// A byte buffer (bytes to send, or room to receive into).
-    Bytes(Vec<u8>),
+    /// A byte buffer (bytes to send, or room to receive into); boxed so
+    /// that every variant is one pointer and a record stays small.
+    Bytes(Box<Vec<u8>>),
     /// A `msghdr` and its iovecs.
     Msg(Box<MsgHeader>),
     /// A socket address (to connect to, or for the kernel to fill in).
@@ -139,7 +140,7 @@ struct InFlight<T> {
     tag: Option<T>,
     mem: Owned,
     /// Memory of an owner that went away while this operation was in flight.
-    kept: Vec<Box<dyn Any>>,
+    kept: Option<Box<dyn Any>>,
 }
 
 struct Record<T> {
@@ -234,7 +235,7 @@ impl<T: Copy> Driver<T> {
         let op = Some(InFlight {
             tag,
             mem,
-            kept: Vec::new(),
+            kept: None,
         });
         self.live += 1;
         if let Some(index) = self.free.pop() {
@@ -308,7 +309,10 @@ impl<T: Copy> Driver<T> {
         }) = self.records.get_mut(id.index())
         {
             if *generation == id.generation() {
-                op.kept.push(memory);
+                op.kept = Some(match op.kept.take() {
+                    None => memory,
+                    Some(earlier) => Box::new((earlier, memory)),
+                });
             }
         }
     }
@@ -482,12 +486,12 @@ mod tests {
     #[test]
     fn completions_carry_tags_and_memory() {
         let mut d = Driver::new(IoUring::new(8).unwrap());
-        d.push(nop(), Some(7), Owned::Bytes(vec![1, 2, 3]));
+        d.push(nop(), Some(7), Owned::Bytes(Box::new(vec![1, 2, 3])));
         d.push(nop(), None, Owned::None);
         let all = drain(&mut d);
         assert_eq!(all.len(), 1, "untagged completions are consumed");
         assert_eq!(all[0].tag, 7);
-        assert!(matches!(&all[0].mem, Owned::Bytes(b) if b == &[1, 2, 3]));
+        assert!(matches!(&all[0].mem, Owned::Bytes(b) if **b == [1, 2, 3]));
         assert_eq!(d.in_flight(), 0);
     }
 

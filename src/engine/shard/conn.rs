@@ -222,7 +222,7 @@ impl Shard {
                 match conn.ep.send_op() {
                     Some(op) if sent > 0 => {
                         conn.sending_session = true;
-                        s.reads.retain(|&r| d.is_in_flight(r));
+                        s.reads.retain(|r| d.is_in_flight(*r));
                         s.reads.push(op);
                     }
                     _ => {}

@@ -47,7 +47,7 @@ impl Shard {
                     peer: s.client_addr,
                     state,
                     upstream: s.up.as_ref().and_then(|u| u.addr),
-                    target: s.target.clone(),
+                    target: s.target.as_deref().map(str::to_owned),
                     age: s.opened.elapsed(),
                     bytes_in,
                     bytes_out,

@@ -188,11 +188,11 @@ struct Sess {
     /// Sends in flight that read this session's memory (its window or its
     /// upstream queue): a session freed before they complete gives them its
     /// memory to keep.
-    reads: Vec<OpId>,
+    reads: smallvec::SmallVec<[OpId; 2]>,
     /// Epoch of the reuse timer that may close it while detached.
     detach_token: u32,
     client_addr: Option<SocketAddr>,
-    target: Option<String>,
+    target: Option<Box<str>>,
     flag: i32,
     opened: Instant,
     /// Embedded mode: its worker queue, and whether it waits for room there.

@@ -58,10 +58,10 @@ impl Shard {
             relay: Relay::new(client, peer, self.cfg.relay_buffer),
             conn: Some(ci),
             up: None,
-            reads: Vec::new(),
+            reads: smallvec::SmallVec::new(),
             detach_token: 0,
             client_addr,
-            target,
+            target: target.map(String::into_boxed_str),
             flag,
             opened: Instant::now(),
             queue,
@@ -136,7 +136,7 @@ impl Shard {
         } else {
             0
         };
-        let queue = Outbound::Plain(PlainQueue::new(self.cfg.relay_buffer));
+        let queue = Outbound::Plain(Box::new(PlainQueue::new(self.cfg.relay_buffer)));
         let si = self.insert_session(id, queue, ci, None, 0);
         debug!(shard = self.index, peer = %Addr(self.conns[ci].peer), "plain connection opened");
         self.sync(si);

@@ -51,7 +51,7 @@ impl Shard {
                 Note::Opened => Event::Opened {
                     session: id,
                     peer,
-                    target: target.clone(),
+                    target: target.as_deref().map(str::to_owned),
                     flag,
                 },
                 Note::Frame(data) => Event::Frame {
