@@ -736,3 +736,123 @@ fn a_full_descriptor_table_is_logged_now_and_then_not_per_session() {
         "the gate serves again after the crowd left"
     );
 }
+
+/// A resume handed to a shard whose descriptor table is full fails (the
+/// client is answered 501); the message that went ahead of it to that
+/// shard's inbox must not stay there for good.
+#[test]
+fn a_failed_hand_over_leaves_nothing_parked() {
+    use ringgate::gate::{Announce, Host, Proxy, UpstreamNet, Upstreams};
+    let up = echo_upstream();
+    let mut cfg = config(Backend::Proxy(Arc::new(Proxy {
+        upstreams: Upstreams::new(vec![Host {
+            name: "a".into(),
+            addr: up,
+            weight: 1,
+        }]),
+        net: UpstreamNet::Tcp,
+        announce: Announce::None,
+        connect_timeout: Duration::from_secs(5),
+    })));
+    // 64 slots a shard, 32 kept back from accepting: a shard's table is full
+    // once 32 sessions hold a client and an upstream socket each.
+    cfg.direct_table = 64;
+    cfg.recv_buffers = 64;
+    cfg.handshake_timeout = Duration::from_secs(1);
+    let gate = start(cfg);
+    let addr = gate.local_addr();
+    let control = gate.control();
+    let table_full = |shard: usize| {
+        let s = &control.shard_stats()[shard];
+        s.table_size > 0 && s.table_used >= s.table_size
+    };
+
+    // Crowd both shards until shard 1's table is full.
+    let mut crowd: Vec<(TcpStream, Session)> = Vec::new();
+    for _ in 0..200 {
+        if table_full(1) {
+            break;
+        }
+        let Some(c) = quick_session(addr) else {
+            continue;
+        };
+        crowd.push(c);
+    }
+    assert!(
+        wait_until(CAP, || table_full(1)),
+        "shard 1's table filled up"
+    );
+    // Free shard 0: kick its sessions (their upstream sockets close too).
+    for (_, s) in crowd.iter().filter(|(_, s)| s.id() & 1 == 0) {
+        control.kick(s.id());
+    }
+    let mut victim = crowd
+        .iter()
+        .find(|(_, s)| s.id() & 1 == 1)
+        .map(|(_, s)| Session::new(s.id(), s.secret(), 65536))
+        .expect("a session owned by shard 1");
+
+    // Resume it until a connection lands on shard 0, which hands it over
+    // to shard 1 and fails.
+    let mut refused = false;
+    for _ in 0..40 {
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            continue;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let req = victim.resume_request();
+        let mut rec = Vec::new();
+        ringgate::proto::message::encode_record(&req.encode(), &mut rec);
+        if s.write_all(&rec).is_err() {
+            continue;
+        }
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+        if answer.ends_with(b"501") {
+            refused = true;
+            break;
+        }
+    }
+    assert!(
+        refused,
+        "a resume landed on shard 0 and its hand-over failed with 501"
+    );
+    let parked = || control.shard_stats()[1].handoffs_parked;
+    assert!(
+        wait_until(CAP, || parked() > 0),
+        "the hand-over's message reached shard 1"
+    );
+    assert!(
+        wait_until(CAP, || parked() == 0),
+        "the failed hand-over's message was dropped from shard 1's inbox: {} parked",
+        parked()
+    );
+    drop(crowd);
+}
+
+/// One new session over a raw socket, with a short wait for the answer (a
+/// connection left in the backlog of a full shard gets none).
+fn quick_session(addr: SocketAddr) -> Option<(TcpStream, Session)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    let mut hs = ClientHandshake::new_session(rand::random(), None, None);
+    s.write_all(&hs.take_output()).ok()?;
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = s.read(&mut buf).ok().filter(|&n| n > 0)?;
+        hs.recv(&buf[..n]);
+        match hs.poll() {
+            ClientEvent::NeedMore => continue,
+            ClientEvent::Established { id, secret } => {
+                return Some((s, Session::new(id, secret, 65536)));
+            }
+            _ => return None,
+        }
+    }
+}

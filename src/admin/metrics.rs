@@ -227,6 +227,13 @@ impl Collector for GateCollector {
         )?;
         gauges(
             e,
+            "ringgate_handoffs_parked",
+            "Resume hand-overs from other shards whose connection has not arrived yet, by shard.",
+            "shard",
+            per_shard(&shards, |s| s.handoffs_parked),
+        )?;
+        gauges(
+            e,
             "ringgate_command_queue_depth",
             "Embedded mode: application commands waiting for each shard.",
             "shard",

@@ -122,6 +122,7 @@ pub(crate) struct ShardStats {
     pub(crate) new_refused_draining: AtomicU64,
     /// Direct descriptors in use and the table's size (set each tick).
     pub(crate) table_used: AtomicU64,
+    pub(crate) handoffs_parked: AtomicU64,
     pub(crate) table_size: AtomicU64,
     /// Per upstream address; locked once per connect attempt by the shard
     /// and at a scrape by the reader, so never contended on the data path.
@@ -195,6 +196,7 @@ impl ShardStats {
             recv_nobufs: get(&self.recv_nobufs),
             new_refused_draining: get(&self.new_refused_draining),
             table_used: get(&self.table_used),
+            handoffs_parked: get(&self.handoffs_parked),
             table_size: get(&self.table_size),
             commands_queued: 0,
         }
@@ -253,6 +255,10 @@ pub struct ShardSnapshot {
     pub table_used: u64,
     /// Size of the direct-descriptor table.
     pub table_size: u64,
+    /// Hand-over messages from other shards whose connection has not
+    /// arrived yet (one whose hand-over failed is dropped after the
+    /// handshake timeout).
+    pub handoffs_parked: u64,
     /// Embedded mode: application commands waiting in the shard's queue.
     pub commands_queued: u64,
 }

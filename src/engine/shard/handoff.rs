@@ -105,9 +105,15 @@ impl Shard {
             self.handoffs.insert((h.from, h.seq), (now, h));
         }
         if !self.handoffs.is_empty() {
+            // A connection that has not come by the handshake timeout never
+            // will (its hand-over failed): the client was answered 501.
+            let stale = self.hs_timers.duration().max(HANDOFF_STALE_MIN);
             self.handoffs
-                .retain(|_, (at, _)| now.duration_since(*at) < HANDOFF_STALE);
+                .retain(|_, (at, _)| now.duration_since(*at) < stale);
         }
+        self.stats()
+            .handoffs_parked
+            .store(self.handoffs.len() as u64, Ordering::Relaxed);
     }
 
     pub(super) fn on_handoff_in(&mut self, from: usize, seq: u32, res: i32) {

@@ -55,8 +55,10 @@ const TICK: Duration = Duration::from_millis(50);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Per-session log lines a shard writes at info per second, at most.
 const SESSION_LINES: u32 = 100;
-/// A hand-over message whose connection never arrived is dropped after this.
-const HANDOFF_STALE: Duration = Duration::from_secs(10);
+/// A hand-over message whose connection never arrived is dropped after the
+/// handshake timeout, but never sooner than this (a busy target may take a
+/// moment to see the connection).
+const HANDOFF_STALE_MIN: Duration = Duration::from_secs(1);
 
 /// What an operation is for; with the entry it names, its completion's tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
