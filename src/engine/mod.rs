@@ -666,7 +666,38 @@ impl Stopper {
 
 #[cfg(test)]
 mod tests {
-    use super::Config;
+    use super::{Config, Gate};
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn a_stopped_shard_is_not_handed_connections() {
+        // A shard's ring stays open until every shard has stopped, and its
+        // published descriptor goes first: a late hand-over finds -1 (and
+        // answers 501) instead of a number the process may have reused.
+        let gate = Gate::start(Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shards: 2,
+            recv_buffers: 64,
+            pin_threads: false,
+            ..Config::default()
+        })
+        .unwrap();
+        let shared = gate.shared().clone();
+        assert!(
+            shared
+                .shards
+                .iter()
+                .all(|l| l.ring_fd.load(Ordering::Acquire) >= 0)
+        );
+        gate.shutdown();
+        gate.join();
+        assert!(
+            shared
+                .shards
+                .iter()
+                .all(|l| l.ring_fd.load(Ordering::Acquire) == -1)
+        );
+    }
 
     #[test]
     fn receive_buffers_shrink_as_shards_grow() {
