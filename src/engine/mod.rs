@@ -94,6 +94,11 @@ pub struct Config {
     /// Direct descriptors per shard (client and upstream sockets); 0 derives
     /// it from `max_sessions`. The kernel caps it at the fd limit per ring.
     pub direct_table: usize,
+    /// Entries of each shard's submission queue (a power of two; the
+    /// completion queue holds 8 times as many). Fuller queues wait in the
+    /// ring driver's backlog; an overflowing completion queue is drained by
+    /// the kernel on the next enter.
+    pub ring_entries: u32,
     /// Pin each shard to a core.
     pub pin_threads: bool,
     /// What sessions are connected to.
@@ -140,6 +145,7 @@ impl Default for Config {
             recv_buffers: 0,
             recv_buffer_size: 16384,
             direct_table: 0,
+            ring_entries: 4096,
             pin_threads: true,
             backend: Backend::Echo,
         }
@@ -369,9 +375,6 @@ impl Drop for Shared {
     }
 }
 
-/// Entries of each shard's submission queue.
-const RING_ENTRIES: u32 = 4096;
-
 /// An exited shard's ring (and the receive buffers its operations may still
 /// name), kept open until every shard has exited. Dropped in field order:
 /// the ring first.
@@ -509,7 +512,7 @@ impl Gate {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    let built = ring::build(RING_ENTRIES)
+                    let built = ring::build(cfg.ring_entries.clamp(8, 32768).next_power_of_two())
                         .map_err(|e| {
                             if ring::is_unavailable(&e) {
                                 SetupError::Unavailable(e)
@@ -668,6 +671,54 @@ impl Stopper {
 mod tests {
     use super::{Config, Gate};
     use std::sync::atomic::Ordering;
+
+    #[test]
+    fn shutdown_finishes_when_the_completion_queue_overflows() {
+        // 8 submission entries, 64 completions: hundreds of connections
+        // closing at once overflow it, which ends multishot operations (the
+        // tick among them) early. The shard keeps re-arming its tick and
+        // wake-up until it exits, so it still notices the grace period end.
+        let gate = Gate::start(Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shards: 1,
+            recv_buffers: 64,
+            ring_entries: 8,
+            pin_threads: false,
+            ..Config::default()
+        })
+        .unwrap();
+        let addr = gate.local_addr();
+        let conns: Vec<_> = (0..400)
+            .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+            .collect();
+        assert!(crate::engine::tests::wait(|| gate.stats().accepted >= 400));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            gate.shutdown();
+            gate.join();
+            let _ = done_tx.send(());
+        });
+        // A liveness cap far above the 3 s grace: a hang, not a slow exit.
+        assert!(
+            done_rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .is_ok(),
+            "the gate stopped"
+        );
+        drop(conns);
+    }
+
+    /// Polls `cond` for up to 30 s.
+    pub(super) fn wait(mut cond: impl FnMut() -> bool) -> bool {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < end {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        cond()
+    }
 
     #[test]
     fn a_stopped_shard_is_not_handed_connections() {
