@@ -99,7 +99,9 @@ fn a_client_that_received_nothing_starts_anew() {
     let mut d = StableClient::connect(addr, ClientOptions::default()).unwrap();
     d.write_all(b"fresh").unwrap();
     assert_eq!(read_n(&mut d, 5), b"fresh");
-    assert_eq!(gate.stats().sessions_opened, 2);
+    // The first session may or may not have opened: its reset can overtake
+    // its proof of the secret.
+    assert!(gate.stats().sessions_opened >= 1);
 }
 
 #[test]
