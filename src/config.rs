@@ -181,6 +181,10 @@ pub struct UpstreamConfig {
     /// (goscon waits as long as the OS does, minutes, while the client waits).
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
+    /// goscon's `upstream_option.resolv`: a `targetServer` that names no
+    /// host is looked up in DNS. Default: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolv: Option<ResolvConfig>,
 }
 
 impl Default for UpstreamConfig {
@@ -189,7 +193,121 @@ impl Default for UpstreamConfig {
             net: UpstreamNet::Tcp,
             hosts: Vec::new(),
             connect_timeout: Duration::from_secs(10),
+            resolv: None,
         }
+    }
+}
+
+/// Upstreams found in DNS, as goscon's `upstream_option.resolv`: a
+/// `targetServer` that names no configured host and matches `pattern` goes
+/// to the addresses of `prefix + name + suffix`, at `port`. The other keys
+/// are ringgate's: where to ask and how long answers are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResolvConfig {
+    /// Put before the name. Default "".
+    pub prefix: String,
+    /// Put after the name. Default "".
+    pub suffix: String,
+    /// The upstream port; required.
+    pub port: u16,
+    /// A regular expression the name must match (anywhere, as goscon's);
+    /// default "", every name.
+    pub pattern: String,
+    /// The DNS server to ask, `ip:port`. Default: the system's (`/etc/resolv.conf`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nameserver: Option<SocketAddr>,
+    /// Answers are kept at least this long, whatever their TTL. Default 1 s.
+    #[serde(with = "duration")]
+    pub min_ttl: Duration,
+    /// And at most this long. Default 5 min.
+    #[serde(with = "duration")]
+    pub max_ttl: Duration,
+    /// How long a name that did not resolve is remembered. Default 5 s.
+    #[serde(with = "duration")]
+    pub negative_ttl: Duration,
+    /// Names kept at most. Default 10000.
+    pub cache_entries: usize,
+    /// Lookups waiting or running at most. Default 1024.
+    pub queue: usize,
+    /// How long one query waits for the DNS server. Default 2 s.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ResolvConfig {
+    fn default() -> Self {
+        Self::from(crate::gate::resolv::Settings::default())
+    }
+}
+
+impl From<crate::gate::resolv::Settings> for ResolvConfig {
+    fn from(s: crate::gate::resolv::Settings) -> Self {
+        Self {
+            prefix: s.prefix,
+            suffix: s.suffix,
+            port: s.port,
+            pattern: s.pattern,
+            nameserver: s.nameserver,
+            min_ttl: s.min_ttl,
+            max_ttl: s.max_ttl,
+            negative_ttl: s.negative_ttl,
+            cache_entries: s.cache_entries,
+            queue: s.queue,
+            timeout: s.timeout,
+        }
+    }
+}
+
+impl ResolvConfig {
+    /// The resolver's settings.
+    pub fn settings(&self) -> crate::gate::resolv::Settings {
+        crate::gate::resolv::Settings {
+            prefix: self.prefix.clone(),
+            suffix: self.suffix.clone(),
+            port: self.port,
+            pattern: self.pattern.clone(),
+            nameserver: self.nameserver,
+            min_ttl: self.min_ttl,
+            max_ttl: self.max_ttl,
+            negative_ttl: self.negative_ttl,
+            cache_entries: self.cache_entries,
+            queue: self.queue,
+            timeout: self.timeout,
+        }
+    }
+
+    /// Checks the port, the pattern and the limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.port == 0 {
+            return Err(invalid("upstream.resolv.port is required (1-65535)"));
+        }
+        self.settings()
+            .compile_pattern()
+            .map_err(|e| invalid(format!("upstream.resolv.pattern: {e}")))?;
+        for (key, v) in [("prefix", &self.prefix), ("suffix", &self.suffix)] {
+            if v.contains(char::is_whitespace) {
+                return Err(invalid(format!(
+                    "upstream.resolv.{key} `{v}`: a DNS name has no spaces"
+                )));
+            }
+        }
+        if self.max_ttl.is_zero() || self.min_ttl > self.max_ttl {
+            return Err(invalid(
+                "upstream.resolv: max_ttl must be more than 0 and at least min_ttl",
+            ));
+        }
+        if self.negative_ttl.is_zero() || self.timeout.is_zero() {
+            return Err(invalid(
+                "upstream.resolv: negative_ttl and timeout must be more than 0",
+            ));
+        }
+        if self.cache_entries == 0 || self.queue == 0 {
+            return Err(invalid(
+                "upstream.resolv: cache_entries and queue must be at least 1",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -467,6 +585,9 @@ impl UpstreamConfig {
                 u32::MAX
             )));
         }
+        if let Some(r) = &self.resolv {
+            r.validate()?;
+        }
         if !self.hosts.is_empty() && total == 0 {
             return Err(invalid(
                 "upstream.hosts: every weight is 0, so a client naming no host could reach none; give one a weight above 0",
@@ -675,6 +796,7 @@ mod goscon {
                                 }
                             }
                             "hosts" => cfg.upstream.hosts = hosts(v, &path, &mut ignored)?,
+                            "resolv" => cfg.upstream.resolv = resolv(v, &path, &mut ignored)?,
                             _ => ignored.push(path),
                         }
                     }
@@ -802,6 +924,59 @@ mod goscon {
         Ok(out)
     }
 
+    /// goscon's four keys, and ringgate's own beside them (times in whole
+    /// seconds, as goscon writes them). An empty `resolv:` is off, as in goscon.
+    fn resolv(
+        value: &Value,
+        path: &str,
+        ignored: &mut Vec<String>,
+    ) -> Result<Option<super::ResolvConfig>, ConfigError> {
+        if value.is_null() {
+            return Ok(None);
+        }
+        let mut r = super::ResolvConfig::default();
+        for (k, v) in section(value, path)? {
+            let k = key_name(k);
+            let field = format!("{path}.{k}");
+            let count = |v: &Value| -> Result<usize, ConfigError> {
+                usize::try_from(integer(v, &field)?)
+                    .map_err(|_| invalid(format!("{field}: expected a count")))
+            };
+            match k.as_str() {
+                "prefix" => r.prefix = string(v, &field)?,
+                "suffix" => r.suffix = string(v, &field)?,
+                "pattern" => r.pattern = string(v, &field)?,
+                "port" => {
+                    let p = string(v, &field)?;
+                    r.port = p.parse().map_err(|_| {
+                        invalid(format!(
+                            "{field} `{p}`: expected a port number (ringgate does not look up service names)"
+                        ))
+                    })?;
+                }
+                "nameserver" => {
+                    let ns = string(v, &field)?;
+                    r.nameserver =
+                        if ns.is_empty() {
+                            None
+                        } else {
+                            Some(ns.parse().map_err(|_| {
+                                invalid(format!("{field} `{ns}`: expected IP:PORT"))
+                            })?)
+                        };
+                }
+                "min_ttl" => r.min_ttl = seconds(v, &field)?,
+                "max_ttl" => r.max_ttl = seconds(v, &field)?,
+                "negative_ttl" => r.negative_ttl = seconds(v, &field)?,
+                "timeout" => r.timeout = seconds(v, &field)?,
+                "cache_entries" => r.cache_entries = count(v)?,
+                "queue" => r.queue = count(v)?,
+                _ => ignored.push(field),
+            }
+        }
+        Ok(Some(r))
+    }
+
     /// Go accepts `:port` for every interface.
     pub(super) fn listen_addr(tcp: &str) -> Result<SocketAddr, ConfigError> {
         let full = match tcp.strip_prefix(':') {
@@ -825,7 +1000,8 @@ impl ServeConfig {
     }
 
     /// The proxy settings these describe, with upstream addresses resolved
-    /// now (blocking); `None` when no host is configured (the built-in echo).
+    /// now (blocking) and the DNS resolver for `resolv` started; `None` when
+    /// neither hosts nor `resolv` are configured (the built-in echo).
     pub fn proxy(&self) -> Result<Option<crate::gate::Proxy>, ConfigError> {
         use crate::gate::{Host, Proxy, Upstreams};
         use std::net::ToSocketAddrs;
@@ -843,11 +1019,21 @@ impl ServeConfig {
                 weight: h.weight,
             });
         }
-        Ok((!hosts.is_empty()).then(|| Proxy {
+        let resolv = match &self.upstream.resolv {
+            Some(r) => Some(std::sync::Arc::new(
+                crate::gate::resolv::Resolver::start(r.settings()).map_err(invalid)?,
+            )),
+            None => None,
+        };
+        if hosts.is_empty() && resolv.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Proxy {
             upstreams: Upstreams::new(hosts),
             net: self.upstream.net,
             announce: self.announce,
             connect_timeout: self.upstream.connect_timeout,
+            resolv,
         }))
     }
 
@@ -958,10 +1144,28 @@ impl ServeConfig {
                     ),
                 ]),
             ),
-            (
-                "upstream_option",
-                map(vec![("net", Value::String(self.upstream.net.to_string()))]),
-            ),
+            ("upstream_option", {
+                let mut option = vec![("net", Value::String(self.upstream.net.to_string()))];
+                if let Some(r) = &self.upstream.resolv {
+                    let mut keys = vec![
+                        ("prefix", Value::String(r.prefix.clone())),
+                        ("suffix", Value::String(r.suffix.clone())),
+                        ("port", Value::Number(r.port.into())),
+                        ("pattern", Value::String(r.pattern.clone())),
+                        ("min_ttl", secs(r.min_ttl)),
+                        ("max_ttl", secs(r.max_ttl)),
+                        ("negative_ttl", secs(r.negative_ttl)),
+                        ("timeout", secs(r.timeout)),
+                        ("cache_entries", Value::Number(r.cache_entries.into())),
+                        ("queue", Value::Number(r.queue.into())),
+                    ];
+                    if let Some(ns) = r.nameserver {
+                        keys.push(("nameserver", Value::String(ns.to_string())));
+                    }
+                    option.push(("resolv", map(keys)));
+                }
+                map(option)
+            }),
             ("hosts", Value::Sequence(hosts)),
         ]);
         serde_norway::to_string(&root).unwrap_or_default()
@@ -1273,6 +1477,10 @@ mod tests {
         let all = toml::to_string(&ServeConfig {
             upstream: UpstreamConfig {
                 hosts: vec![host("a", "h:1", 1)],
+                resolv: Some(ResolvConfig {
+                    nameserver: Some("127.0.0.1:53".parse().unwrap()),
+                    ..ResolvConfig::default()
+                }),
                 ..UpstreamConfig::default()
             },
             ..ServeConfig::default()
@@ -1310,21 +1518,19 @@ mod tests {
                     host("battle_1", "battle1.internal:9100", GOSCON_DEFAULT_WEIGHT),
                     host("", "10.0.0.9:9200", GOSCON_DEFAULT_WEIGHT),
                 ],
+                resolv: Some(ResolvConfig {
+                    prefix: "game-".into(),
+                    suffix: ".svc.local".into(),
+                    port: 9000,
+                    ..ResolvConfig::default()
+                }),
                 ..UpstreamConfig::default()
             },
             ..ServeConfig::default()
         };
         assert_eq!(cfg, expected);
         ignored.sort();
-        assert_eq!(
-            ignored,
-            [
-                "hosts[2].weigh",
-                "kcp",
-                "kcp_option",
-                "upstream_option.resolv"
-            ]
-        );
+        assert_eq!(ignored, ["hosts[2].weigh", "kcp", "kcp_option"]);
         assert_eq!(ServeConfig::from_goscon_yaml_str(text).unwrap(), expected);
     }
 
@@ -1358,6 +1564,63 @@ mod tests {
         );
         let cfg = ServeConfig::from_goscon_yaml_str("scp_option:\n  reuse_time: 5\n").unwrap();
         assert_eq!(cfg.reuse_time, secs(5));
+    }
+
+    #[test]
+    fn resolv_in_goscon_yaml_and_toml() {
+        let yaml = "upstream_option:\n  resolv:\n    Prefix: g-\n    suffix: .svc\n    \
+                    port: 7000\n    pattern: ^game[0-9]+$\n    nameserver: 127.0.0.1:5353\n    \
+                    negative_ttl: 2\n    weird: 1\n";
+        let (cfg, ignored) = goscon::parse(yaml).unwrap();
+        let expected = ResolvConfig {
+            prefix: "g-".into(),
+            suffix: ".svc".into(),
+            port: 7000,
+            pattern: "^game[0-9]+$".into(),
+            nameserver: Some("127.0.0.1:5353".parse().unwrap()),
+            negative_ttl: secs(2),
+            ..ResolvConfig::default()
+        };
+        assert_eq!(cfg.upstream.resolv.as_ref(), Some(&expected));
+        assert_eq!(ignored, ["upstream_option.resolv.weird"]);
+        // Written back in goscon's shape, it reads the same.
+        let again = goscon::parse(&cfg.to_goscon_yaml()).unwrap().0;
+        assert_eq!(again.upstream.resolv, cfg.upstream.resolv);
+        // An empty `resolv:` is off, as in goscon.
+        let off = goscon::parse("upstream_option:\n  resolv:\n").unwrap().0;
+        assert_eq!(off.upstream.resolv, None);
+
+        let toml = "[upstream.resolv]\nprefix = \"g-\"\nsuffix = \".svc\"\nport = 7000\n\
+                    pattern = \"^game[0-9]+$\"\nnameserver = \"127.0.0.1:5353\"\nnegative_ttl = \"2s\"\n";
+        let cfg = ServeConfig::from_toml_str(toml).unwrap();
+        assert_eq!(cfg.upstream.resolv, Some(expected));
+        let back = ServeConfig::from_toml_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+
+        for (text, needle) in [
+            (
+                "[upstream.resolv]\nsuffix = \".x\"\n",
+                "resolv.port is required",
+            ),
+            (
+                "[upstream.resolv]\nport = 1\npattern = \"(\"\n",
+                "resolv.pattern",
+            ),
+            (
+                "[upstream.resolv]\nport = 1\nmin_ttl = \"2m\"\nmax_ttl = \"1m\"\n",
+                "max_ttl",
+            ),
+            ("[upstream.resolv]\nport = 1\nqueue = 0\n", "queue"),
+            ("[upstream.resolv]\nport = 1\nprefx = \"a\"\n", "prefx"),
+        ] {
+            let err = ServeConfig::from_toml_str(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+        let err =
+            ServeConfig::from_goscon_yaml_str("upstream_option:\n  resolv:\n    port: https\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("port number"), "{err}");
     }
 
     #[test]

@@ -75,6 +75,7 @@ fn plain_relay_to_an_upstream() {
         net: UpstreamNet::Tcp,
         announce: Announce::None,
         connect_timeout: Duration::from_secs(2),
+        resolv: None,
     }))));
     let mut s = raw(gate.local_addr());
     s.write_all(b"hello relay").unwrap();

@@ -99,6 +99,7 @@ fn proxy_to(hosts: Vec<Host>, announce: Announce) -> Backend {
         net: UpstreamNet::Tcp,
         announce,
         connect_timeout: Duration::from_secs(2),
+        resolv: None,
     }))
 }
 
@@ -298,6 +299,7 @@ fn scp_upstream_chains_two_gates() {
         net: UpstreamNet::Scp,
         announce: Announce::None,
         connect_timeout: Duration::from_secs(2),
+        resolv: None,
     }))));
     let mut c = ScpClient::connect(outer.local_addr(), ClientOptions::default()).unwrap();
     for n in 0..10 {

@@ -265,6 +265,26 @@ impl Collector for GateCollector {
                 p.host_count() as i64
             }),
         )?;
+        let resolv = self.proxy.as_ref().and_then(|p| p.current().resolv.clone());
+        let count = |f: fn(&crate::gate::resolv::Counts) -> &std::sync::atomic::AtomicU64| {
+            resolv.as_ref().map_or(0, |r| {
+                f(r.counts()).load(std::sync::atomic::Ordering::Relaxed)
+            })
+        };
+        counters(
+            e,
+            "ringgate_resolv",
+            "upstream.resolv: sessions answered from the cache (hit) or not yet (miss), lookups that found addresses (resolved) or none (failed), requests dropped on a full queue (dropped); since its settings last changed.",
+            "outcome",
+            [
+                ("hit", count(|c| &c.hits)),
+                ("miss", count(|c| &c.misses)),
+                ("resolved", count(|c| &c.resolved)),
+                ("failed", count(|c| &c.failed)),
+                ("dropped", count(|c| &c.dropped)),
+            ]
+            .map(|(k, v)| (k.to_owned(), v)),
+        )?;
 
         let hosts = self.control.upstream_stats();
         counters(

@@ -13,7 +13,7 @@
 //! | `GET /sessions?limit=N` | up to N sessions (default 100), JSON |
 //! | `POST /sessions/ID/kick` | close session ID |
 //!
-//! What a reload changes: upstream hosts and weights, `announce` and
+//! What a reload changes: upstream hosts and weights, `upstream.resolv`, `announce` and
 //! `upstream.connect_timeout` (for sessions that start afterwards: live
 //! sessions keep their upstreams), and `handshake_timeout`, `reuse_time`,
 //! `idle_timeout`, `max_sessions`, `max_pending_handshakes` (at once, for
@@ -153,19 +153,22 @@ impl Admin {
         restart_only!(upstream.net, "upstream.net");
         restart_only!(admin, "admin.listen");
 
-        // Hosts, announce and the connect timeout travel together in the proxy.
+        // Hosts, resolv, announce and the connect timeout travel together
+        // in the proxy.
         let routes_changed = new.upstream.hosts != old.upstream.hosts
+            || new.upstream.resolv != old.upstream.resolv
             || new.announce != old.announce
             || new.upstream.connect_timeout != old.upstream.connect_timeout;
         let mut routes = None;
         if routes_changed {
-            match (&self.proxy, new.upstream.hosts.is_empty()) {
+            let echo = new.upstream.hosts.is_empty() && new.upstream.resolv.is_none();
+            match (&self.proxy, echo) {
                 (Some(_), false) => routes = new.proxy()?,
                 // Echo and proxy mode are different gates.
                 (None, false) | (Some(_), true) => {
                     report
                         .needs_restart
-                        .push("upstream.hosts (between none and some)");
+                        .push("upstream.hosts and upstream.resolv (between none and some)");
                 }
                 (None, true) => {}
             }
@@ -173,10 +176,14 @@ impl Admin {
         if let (Some(proxy), Some(routes)) = (&self.proxy, routes) {
             proxy.replace(routes);
             current.upstream.hosts = new.upstream.hosts.clone();
+            current.upstream.resolv = new.upstream.resolv.clone();
             current.announce = new.announce;
             current.upstream.connect_timeout = new.upstream.connect_timeout;
             if new.upstream.hosts != old.upstream.hosts {
                 report.applied.push("upstream.hosts");
+            }
+            if new.upstream.resolv != old.upstream.resolv {
+                report.applied.push("upstream.resolv");
             }
             if new.announce != old.announce {
                 report.applied.push("announce");

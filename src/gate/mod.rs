@@ -6,10 +6,13 @@
 //! the engine's [`UpstreamPolicy`], what to do.
 
 pub mod embedded;
+pub mod resolv;
 pub mod upstream;
 
 use arc_swap::ArcSwap;
 use rand::RngCore;
+use rand::seq::SliceRandom;
+use resolv::Answer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,11 +74,43 @@ pub struct Proxy {
     pub announce: Announce,
     /// How long one connect attempt may take.
     pub connect_timeout: Duration,
+    /// goscon's `resolv`: a `targetServer` naming no host is looked up in
+    /// DNS. `None`: off.
+    pub resolv: Option<Arc<resolv::Resolver>>,
 }
 
 impl UpstreamPolicy for Proxy {
     fn candidates(&self, target: Option<&str>, mut rng: &mut dyn RngCore) -> Vec<UpstreamChoice> {
         let hosts = self.upstreams.hosts();
+        if let (Some(resolver), Some(name)) = (&self.resolv, target)
+            && !name.is_empty()
+            && resolver.matches(name)
+            && !hosts.iter().any(|h| h.name == name)
+        {
+            match resolver.lookup(name) {
+                Answer::Found(addrs) => {
+                    // All addresses of the name, in random order, the later
+                    // ones as fallbacks; their accounting key is one past
+                    // the static hosts.
+                    let mut addrs = addrs.to_vec();
+                    addrs.shuffle(&mut rng);
+                    return addrs
+                        .into_iter()
+                        .map(|addr| UpstreamChoice {
+                            host: hosts.len(),
+                            addr,
+                        })
+                        .collect();
+                }
+                // goscon sends a name that does not resolve to a host drawn
+                // from all of them, as one naming no host.
+                Answer::NotFound => {}
+                // The session cannot wait for the lookup here: it closes as
+                // unreachable rather than go to a server it did not ask for,
+                // and the client's retry finds the answer.
+                Answer::Pending => return Vec::new(),
+            }
+        }
         self.upstreams
             .order(target, &mut rng)
             .into_iter()
@@ -127,9 +162,17 @@ impl ReloadableProxy {
     }
 
     /// Puts `proxy` in force for new sessions; its `net` is replaced by the
-    /// one in force, which only a restart changes.
+    /// one in force, which only a restart changes. A resolver with the same
+    /// settings as the one in force is replaced by that one, so its cache
+    /// carries over (and the new one's thread ends).
     pub fn replace(&self, mut proxy: Proxy) {
-        proxy.net = self.current.load().net;
+        let current = self.current.load();
+        proxy.net = current.net;
+        if let (Some(old), Some(new)) = (&current.resolv, &proxy.resolv)
+            && old.settings() == new.settings()
+        {
+            proxy.resolv = Some(old.clone());
+        }
         self.current.store(Arc::new(proxy));
     }
 }
