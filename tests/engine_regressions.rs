@@ -753,6 +753,7 @@ fn a_failed_hand_over_leaves_nothing_parked() {
         net: UpstreamNet::Tcp,
         announce: Announce::None,
         connect_timeout: Duration::from_secs(5),
+        resolv: None,
     })));
     // 64 slots a shard, 32 kept back from accepting: a shard's table is full
     // once 32 sessions hold a client and an upstream socket each.
