@@ -87,6 +87,23 @@ pub struct ServeArgs {
     /// Also listen here for cloudwu's stable-connection clients [default: off].
     #[arg(long, value_name = "ADDR")]
     pub stable: Option<SocketAddr>,
+    /// Also listen here for WebSocket clients [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub ws: Option<SocketAddr>,
+    /// What WebSocket messages carry: packets or scp [default: packets].
+    #[arg(long, value_name = "MODE", value_parser = parse_ws_mode)]
+    pub ws_mode: Option<crate::config::WsMode>,
+    /// The WebSocket upgrade's request path [default: /].
+    #[arg(long, value_name = "PATH")]
+    pub ws_path: Option<String>,
+    /// An origin allowed to open a WebSocket; repeat for several. Replaces the file's [default: any].
+    #[arg(long = "ws-origin", value_name = "ORIGIN")]
+    pub ws_origins: Vec<String>,
+}
+
+fn parse_ws_mode(s: &str) -> Result<crate::config::WsMode, String> {
+    s.parse()
+        .map_err(|e: crate::config::ConfigError| e.to_string())
 }
 
 impl ServeArgs {
@@ -132,6 +149,18 @@ impl ServeArgs {
         }
         if let Some(addr) = self.stable {
             cfg.stable = Some(addr);
+        }
+        if let Some(addr) = self.ws {
+            cfg.websocket.listen = Some(addr);
+        }
+        if let Some(mode) = self.ws_mode {
+            cfg.websocket.mode = mode;
+        }
+        if let Some(path) = &self.ws_path {
+            cfg.websocket.path = path.clone();
+        }
+        if !self.ws_origins.is_empty() {
+            cfg.websocket.origins = self.ws_origins.clone();
         }
         cfg.validate()?;
         Ok(cfg)
@@ -383,6 +412,50 @@ mod tests {
             Command::Serve(a) => Ok(a),
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn websocket_door_from_flags_and_file() {
+        let cfg = serve(&[
+            "--ws",
+            "127.0.0.1:1250",
+            "--ws-mode",
+            "scp",
+            "--ws-path",
+            "/game",
+            "--ws-origin",
+            "https://a.example",
+            "--ws-origin",
+            "https://b.example",
+        ])
+        .unwrap()
+        .resolve()
+        .unwrap();
+        let (engine, _) = cfg.build().unwrap();
+        assert_eq!(
+            engine.doors,
+            vec![(
+                "127.0.0.1:1250".parse().unwrap(),
+                crate::engine::Door::Ws(crate::config::WsMode::Scp)
+            )]
+        );
+        assert_eq!(engine.ws.path, "/game");
+        assert_eq!(engine.ws.origins.len(), 2);
+        let file = temp_file(
+            "ws.toml",
+            "[websocket]\nlisten = \"127.0.0.1:7\"\nmode = \"packets\"\nmax_message = 4096\n",
+        );
+        let cfg = serve(&["--config", file.to_str().unwrap()])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.websocket.listen, Some("127.0.0.1:7".parse().unwrap()));
+        assert_eq!(cfg.build().unwrap().0.ws.max_message, 4096);
+        assert!(serve(&["--ws", "127.0.0.1:1", "--ws-mode", "text"]).is_err());
+        let same = serve(&["--listen", "127.0.0.1:9", "--ws", "127.0.0.1:9"]).unwrap();
+        assert!(same.resolve().is_err(), "one listener, one dialect");
+        let path = serve(&["--ws", "127.0.0.1:1", "--ws-path", "game"]).unwrap();
+        assert!(path.resolve().is_err(), "a path starts with /");
     }
 
     #[test]

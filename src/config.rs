@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::engine::ws::WsMode;
 pub use crate::gate::{Announce, UpstreamNet};
 
 /// Why settings could not be read or are not acceptable.
@@ -128,6 +129,59 @@ pub struct ServeConfig {
     pub stable: Option<SocketAddr>,
     /// The operator's HTTP endpoint (metrics, reload, drain).
     pub admin: AdminConfig,
+    /// A WebSocket listener, for browsers and skynet's WebSocket clients.
+    pub websocket: WebSocketConfig,
+}
+
+/// A WebSocket listener (`[websocket]`). Off unless an address is given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Address of the listener. Default: none (off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// What binary messages carry: `packets` (each one a packet with its
+    /// 2-byte big-endian length, as skynet's WebSocket gate clients send)
+    /// or `scp` (the SCP handshake and stream, resumable). Default `packets`.
+    #[serde(with = "text")]
+    pub mode: WsMode,
+    /// The request path of the upgrade; others are answered 404. Default `/`.
+    pub path: String,
+    /// Origins allowed (`https://game.example`); others are answered 403.
+    /// Empty, the default: any. Requests without an Origin (not from a
+    /// browser) are always allowed.
+    pub origins: Vec<String>,
+    /// Largest message a client may send; larger closes with 1009.
+    /// Default 1 MiB.
+    pub max_message: usize,
+    /// Largest upgrade request; larger is answered 431. Default 8192.
+    pub max_request: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        let s = crate::proto::ws::WsSettings::default();
+        Self {
+            listen: None,
+            mode: WsMode::Packets,
+            path: s.path,
+            origins: s.origins,
+            max_message: s.max_message,
+            max_request: s.max_request,
+        }
+    }
+}
+
+impl WebSocketConfig {
+    /// The engine's settings for the listener.
+    pub fn settings(&self) -> crate::proto::ws::WsSettings {
+        crate::proto::ws::WsSettings {
+            path: self.path.clone(),
+            origins: self.origins.clone(),
+            max_message: self.max_message,
+            max_request: self.max_request,
+        }
+    }
 }
 
 /// The admin endpoint: Prometheus metrics, the settings in force, reload,
@@ -163,6 +217,7 @@ impl Default for ServeConfig {
             plain: false,
             admin: AdminConfig::default(),
             stable: None,
+            websocket: WebSocketConfig::default(),
         }
     }
 }
@@ -313,6 +368,29 @@ impl ResolvConfig {
 
 // Announce and UpstreamNet belong to the gate; their spelling in settings
 // files and on the command line (FromStr, Display) is defined here.
+
+impl FromStr for WsMode {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "packets" => Ok(Self::Packets),
+            "scp" => Ok(Self::Scp),
+            other => Err(invalid(format!(
+                "websocket mode `{other}`: expected `packets` or `scp`"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for WsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Packets => "packets",
+            Self::Scp => "scp",
+        })
+    }
+}
 
 impl FromStr for UpstreamNet {
     type Err = ConfigError;
@@ -517,6 +595,21 @@ impl ServeConfig {
             // Both would bind it with SO_REUSEPORT and split its clients.
             return Err(invalid(
                 "stable must be another address than listen: one listener speaks one dialect",
+            ));
+        }
+        if let Some(ws) = self.websocket.listen {
+            if ws == self.listen || Some(ws) == self.stable {
+                return Err(invalid(
+                    "websocket.listen must be another address than listen and stable: one listener speaks one dialect",
+                ));
+            }
+        }
+        if !self.websocket.path.starts_with('/') {
+            return Err(invalid("websocket.path must start with `/`"));
+        }
+        if self.websocket.max_message == 0 || self.websocket.max_request < 256 {
+            return Err(invalid(
+                "websocket.max_message must be more than 0 and websocket.max_request at least 256",
             ));
         }
         if self.handshake_timeout.is_zero() {
@@ -1088,7 +1181,13 @@ impl ServeConfig {
                 .stable
                 .map(|a| (a, crate::engine::Door::Stable))
                 .into_iter()
+                .chain(
+                    self.websocket
+                        .listen
+                        .map(|a| (a, crate::engine::Door::Ws(self.websocket.mode))),
+                )
                 .collect(),
+            ws: self.websocket.settings(),
             backend,
             ..crate::engine::Config::default()
         };

@@ -54,6 +54,8 @@ pub enum Door {
     Plain,
     /// cloudwu's stable-connection dialect.
     Stable,
+    /// A WebSocket (see [`super::ws`]), carrying packets or SCP.
+    Ws(super::ws::WsMode),
 }
 
 impl Door {
@@ -70,6 +72,8 @@ impl std::fmt::Display for Door {
             Door::Scp => "scp",
             Door::Plain => "plain",
             Door::Stable => "stable-connection",
+            Door::Ws(super::ws::WsMode::Packets) => "websocket-packets",
+            Door::Ws(super::ws::WsMode::Scp) => "websocket-scp",
         })
     }
 }
@@ -92,7 +96,12 @@ impl DoorGreeting {
     pub fn new(door: Door, hops: u16) -> Self {
         match door {
             Door::Stable => DoorGreeting::Stable(StableGreeting::new(hops)),
-            Door::Scp | Door::Plain => DoorGreeting::Scp(Greeting::default()),
+            // A WebSocket's upgrade is read by the connection's WebSocket
+            // state; in SCP mode this greeting then reads the messages'
+            // bytes, in packets mode it only marks the connection as
+            // greeting until the upgrade is done (handshake timeout, limit
+            // of pending handshakes).
+            Door::Scp | Door::Plain | Door::Ws(_) => DoorGreeting::Scp(Greeting::default()),
         }
     }
 

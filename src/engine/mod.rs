@@ -38,6 +38,7 @@ pub mod stats;
 pub mod sys;
 pub mod timer;
 pub mod workers;
+pub mod ws;
 
 pub use backend::{Backend, UpstreamChoice, UpstreamPolicy};
 pub use control::{Control, Limits, SessionInfo, SessionState};
@@ -103,6 +104,8 @@ pub struct Config {
     pub pin_threads: bool,
     /// What sessions are connected to.
     pub backend: Backend,
+    /// The settings of WebSocket doors ([`Door::Ws`]).
+    pub ws: crate::proto::ws::WsSettings,
 }
 
 /// Receive-buffer memory all shards share when `recv_buffers` is 0.
@@ -148,6 +151,7 @@ impl Default for Config {
             ring_entries: 4096,
             pin_threads: true,
             backend: Backend::Echo,
+            ws: crate::proto::ws::WsSettings::default(),
         }
     }
 }
@@ -209,6 +213,9 @@ pub(crate) struct Handoff {
     /// Shards that looked for a stable-connection resume before the target.
     hops: u16,
     bytes: Vec<u8>,
+    /// A WebSocket connection's state (its upgrade is done; `bytes` are
+    /// message payload).
+    ws: Option<Box<crate::proto::ws::WsConn>>,
 }
 
 pub(crate) struct ShardLink {

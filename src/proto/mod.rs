@@ -17,3 +17,4 @@ pub mod server;
 pub mod session;
 pub mod skynet;
 pub mod stable;
+pub mod ws;

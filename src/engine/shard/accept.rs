@@ -120,6 +120,9 @@ impl Shard {
             ConnState::Opening
         };
         let ci = self.new_conn(slot, None, door, state);
+        if let Door::Ws(mode) = door {
+            self.ws_accepted(ci, mode);
+        }
         // Reading starts once the peer address is known, so that a session
         // (and its upstream announcement) always has it.
         self.request_peername(ci);
@@ -148,6 +151,7 @@ impl Shard {
             answer: Vec::new(),
             sending_session: false,
             last_rx: Instant::now(),
+            ws: None,
         });
         let now = Instant::now();
         let timer = crate::engine::timer::Entry { index: ci, epoch };

@@ -47,6 +47,15 @@ impl Shard {
     }
 
     fn client_data(&mut self, ci: usize, data: &mut [u8]) {
+        if self.conns[ci].ws.is_some() {
+            self.ws_data(ci, data);
+        } else {
+            self.client_stream(ci, data);
+        }
+    }
+
+    /// The connection's stream (for a WebSocket, its messages' bytes).
+    pub(super) fn client_stream(&mut self, ci: usize, data: &mut [u8]) {
         let conn = &mut self.conns[ci];
         match &mut conn.state {
             ConnState::Attached(si, sg) => {
@@ -166,7 +175,10 @@ impl Shard {
         };
         let epoch = conn.epoch;
         let room = match conn.state {
-            ConnState::Greeting(_) => Greeting::ROOM,
+            ConnState::Greeting(_) => match &conn.ws {
+                Some(ws) if !ws.is_open() => ws.request_room(&self.cfg.ws).max(1),
+                _ => Greeting::ROOM,
+            },
             ConnState::Attached(si, sg) => self
                 .sessions
                 .get(si)
@@ -192,6 +204,10 @@ impl Shard {
         }
         let conn = &mut self.conns[ci];
         if conn.ep.sending() {
+            return;
+        }
+        if conn.ws.is_some() {
+            self.ws_send(ci);
             return;
         }
         if !conn.answer.is_empty() {
@@ -247,6 +263,10 @@ impl Shard {
         }
         let n = res as usize;
         self.count_n(|s| &s.client_tx_bytes, n as u64);
+        if self.conns[ci].ws.is_some() {
+            self.ws_sent(ci, n, c.mem);
+            return;
+        }
         if session {
             self.recycle(c.mem);
             if let Some(si) = self.attached(ci) {

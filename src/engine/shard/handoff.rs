@@ -55,6 +55,7 @@ impl Shard {
             door: conn.door,
             hops,
             bytes: std::mem::take(raw),
+            ws: conn.ws.take(),
         });
         let e = opcode::MsgRingSendFd::new(
             types::Fd(ring_fd),
@@ -89,7 +90,10 @@ impl Shard {
     /// A resume that could not be handed over: SCP answers 501; the
     /// stable-connection dialect has no codes, so it is just closed.
     fn refuse_handoff(&mut self, ci: usize) {
-        if self.conns[ci].door == Door::Scp {
+        let conn = &self.conns[ci];
+        let scp = conn.door == Door::Scp
+            || conn.door == Door::Ws(crate::engine::ws::WsMode::Scp) && conn.ws.is_some();
+        if scp {
             self.finish_with(ci, b"0\n501");
         } else {
             self.count(|s| &s.resumes_failed);
@@ -143,6 +147,7 @@ impl Shard {
             h.door,
             ConnState::Greeting(Box::new(greeting)),
         );
+        self.conns[ci].ws = h.ws;
         let mut bytes = h.bytes;
         self.greet(ci, &mut bytes);
         match self.attached(ci) {

@@ -21,6 +21,7 @@ mod sessions;
 mod stable;
 mod upstream;
 mod workers;
+mod ws;
 
 use super::backend::{Backend, UpstreamChoice, UpstreamPolicy};
 use super::door::{Door, DoorGreeting, StableIndex};
@@ -152,6 +153,8 @@ struct Conn {
     /// The send in flight carries session bytes (not the answer).
     sending_session: bool,
     last_rx: Instant,
+    /// A WebSocket door's connection: its upgrade and frames.
+    ws: Option<Box<crate::proto::ws::WsConn>>,
 }
 
 /// How an upstream link is coming along.

@@ -269,7 +269,7 @@ impl Shard {
             }
         }
         if let Some(ci) = conn {
-            self.close_conn(ci);
+            self.end_conn(ci);
         }
         self.close_up(si);
         self.reindex(si);
