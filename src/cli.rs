@@ -239,6 +239,7 @@ impl LoadgenArgs {
             protocol: match self.protocol {
                 LoadProtocol::Scp => Protocol::Scp,
                 LoadProtocol::Plain => Protocol::Plain,
+                LoadProtocol::StableConnection => Protocol::StableConnection,
             },
             target: self.target.clone(),
             resume_every: self.resume_every,
@@ -263,6 +264,8 @@ pub enum LoadProtocol {
     Scp,
     /// Plain TCP.
     Plain,
+    /// cloudwu's stable-connection dialect (a gate's `--stable` address).
+    StableConnection,
 }
 
 /// A message size: `N` or `MIN-MAX` bytes, both ends included.
@@ -737,6 +740,12 @@ mod tests {
             (l.size, l.protocol, l.rate),
             (SizeRange { min: 64, max: 64 }, LoadProtocol::Scp, 0.0)
         );
+        let argv = ["ringgate", "loadgen", "--connect", "127.0.0.1:1"];
+        let argv = argv.into_iter().chain(["--protocol", "stable-connection"]);
+        let Command::Loadgen(l) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        assert_eq!(l.to_config().protocol, Protocol::StableConnection);
         for bad in [
             &["--size", "0"][..],
             &["--size", "10-5"],

@@ -8,8 +8,9 @@ use common::{config, payload, raw, read_to_close, start};
 use ringgate::client::{ClientOptions, ResumeError, StableClient};
 use ringgate::engine::{Door, Gate};
 use ringgate::gate::Backend;
-use std::io::Write;
-use std::net::SocketAddr;
+use ringgate::proto::stable::{self, ClientStep, Role, StableSession};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 
 fn stable_gate(backend: Backend) -> (Gate, SocketAddr) {
     let mut cfg = config(backend);
@@ -165,4 +166,66 @@ fn colliding_fingerprints_do_not_share_bytes() {
 
     a.resume().unwrap();
     assert_eq!(read_n(&mut a, 2300), msg[700..]);
+}
+
+/// Takes what `s` has not sent yet, as a send would.
+fn unsent(s: &mut StableSession) -> Vec<u8> {
+    let out: Vec<u8> = s.window().unsent_slices().flatten().copied().collect();
+    s.window_mut().mark_sent(out.len());
+    out
+}
+
+fn decrypt_n(s: &mut StableSession, stream: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    stream.read_exact(&mut b).unwrap();
+    s.decrypt(&mut b);
+    b
+}
+
+/// The published client (`connectionclient.c`) queues what it is given
+/// during a handshake and writes it in one piece with its proof: on a new
+/// session the proof and the first data, on a resume the proof, the replay
+/// and new data. The gate must take each piece after the proof as stream.
+#[test]
+fn proof_replay_and_data_in_one_write_as_the_published_client_sends() {
+    let (gate, addr) = stable_gate(Backend::Echo);
+    let (mut hs, req) = stable::ClientHandshake::new_session(rand::random());
+    let mut s = raw(addr);
+    s.write_all(&req).unwrap();
+    let mut answer = [0u8; stable::HEADER];
+    s.read_exact(&mut answer).unwrap();
+    hs.recv(&answer);
+    let ClientStep::Established { secret, auth } = hs.poll() else {
+        panic!("{:?}", hs.poll())
+    };
+    let mut c = StableSession::new(Role::Client, secret, stable::CLIENT_WINDOW);
+    let first = payload(1, 300);
+    c.encrypt(&first);
+    s.write_all(&[&auth[..], &unsent(&mut c)].concat()).unwrap();
+    assert_eq!(decrypt_n(&mut c, &mut s, 300), first);
+
+    // 200 bytes lost on the way up, then the connection.
+    let lost = payload(2, 200);
+    c.encrypt(&lost);
+    unsent(&mut c);
+    drop(s);
+    let mut s = raw(addr);
+    s.write_all(&c.resume_request().unwrap()).unwrap();
+    s.read_exact(&mut answer).unwrap();
+    let mut hs = stable::ClientHandshake::resume();
+    hs.recv(&answer);
+    let ClientStep::Answered {
+        server_received,
+        challenge,
+    } = hs.poll()
+    else {
+        panic!("{:?}", hs.poll())
+    };
+    assert_eq!(server_received, 300);
+    let auth = c.resumed(server_received, challenge).unwrap();
+    let more = payload(3, 100);
+    c.encrypt(&more);
+    s.write_all(&[&auth[..], &unsent(&mut c)].concat()).unwrap();
+    assert_eq!(decrypt_n(&mut c, &mut s, 300), [lost, more].concat());
+    assert_eq!(gate.stats().sessions_resumed, 1);
 }

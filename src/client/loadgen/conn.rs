@@ -10,6 +10,7 @@ use crate::engine::endpoint::Endpoint;
 use crate::engine::ring::OpId;
 use crate::proto::replay::ReplayWindow;
 use crate::proto::session::Session;
+use crate::proto::stable::StableSession;
 use std::collections::VecDeque;
 
 /// SplitMix64 finaliser: a fast, well-mixed 64-bit hash.
@@ -113,7 +114,7 @@ pub enum Phase {
     Idle,
     /// Socket, (bind,) connect in flight.
     Connecting,
-    /// SCP handshake or resume record sent, answer awaited.
+    /// Handshake or resume request sent, answer awaited.
     Handshake,
     /// Carrying messages.
     Open,
@@ -121,12 +122,14 @@ pub enum Phase {
     Dead,
 }
 
-/// The sending side of a connection's stream: an SCP session (which
-/// encrypts into its replay window) or, for plain TCP, a bare window used as
-/// the send buffer.
+/// The sending side of a connection's stream: an SCP or stable-connection
+/// session (which encrypts into its replay window) or, for plain TCP, a
+/// bare window used as the send buffer.
 pub enum Tx {
     /// An SCP session.
     Scp(Box<Session>),
+    /// A stable-connection session (client side).
+    Stable(Box<StableSession>),
     /// Plain TCP.
     Plain(ReplayWindow),
 }
@@ -136,6 +139,7 @@ impl Tx {
     pub fn window(&self) -> &ReplayWindow {
         match self {
             Tx::Scp(s) => s.window(),
+            Tx::Stable(s) => s.window(),
             Tx::Plain(w) => w,
         }
     }
@@ -144,6 +148,7 @@ impl Tx {
     pub fn window_mut(&mut self) -> &mut ReplayWindow {
         match self {
             Tx::Scp(s) => s.window_mut(),
+            Tx::Stable(s) => s.window_mut(),
             Tx::Plain(w) => w,
         }
     }
@@ -155,6 +160,7 @@ impl Tx {
         }
         let n = match self {
             Tx::Scp(s) => s.encrypt(plain),
+            Tx::Stable(s) => s.encrypt(plain),
             Tx::Plain(w) => w.write(plain),
         };
         debug_assert_eq!(n, plain.len());
@@ -163,8 +169,10 @@ impl Tx {
 
     /// Turns received stream bytes into plaintext, in place.
     pub fn decrypt(&mut self, buf: &mut [u8]) {
-        if let Tx::Scp(s) = self {
-            s.decrypt(buf);
+        match self {
+            Tx::Scp(s) => s.decrypt(buf),
+            Tx::Stable(s) => s.decrypt(buf),
+            Tx::Plain(_) => {}
         }
     }
 
@@ -172,9 +180,36 @@ impl Tx {
     pub fn session_mut(&mut self) -> Option<&mut Session> {
         match self {
             Tx::Scp(s) => Some(s),
-            Tx::Plain(_) => None,
+            _ => None,
         }
     }
+
+    /// The stable-connection session, if any.
+    pub fn stable_mut(&mut self) -> Option<&mut StableSession> {
+        match self {
+            Tx::Stable(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether a new connection could resume this stream now. A
+    /// stable-connection client that has received nothing cannot: its
+    /// request would read as a new session (the count 0 means "new").
+    pub fn can_resume(&self) -> bool {
+        match self {
+            Tx::Scp(_) => true,
+            Tx::Stable(s) => s.received() > 0,
+            Tx::Plain(_) => false,
+        }
+    }
+}
+
+/// A handshake in progress, in the dialect the run speaks.
+pub enum Handshake {
+    /// SCP: new session or resume, as one machine.
+    Scp(Box<crate::proto::client::ClientHandshake>),
+    /// stable-connection: new session or resume.
+    Stable(crate::proto::stable::ClientHandshake),
 }
 
 /// One simulated client: its socket attempt, its session and the message
@@ -192,7 +227,7 @@ pub struct Conn {
     /// What it is doing.
     pub phase: Phase,
     /// The handshake in progress.
-    pub hs: Option<Box<crate::proto::client::ClientHandshake>>,
+    pub hs: Option<Handshake>,
     /// Handshake bytes not yet handed to a send (a send owns its bytes).
     pub hs_out: Vec<u8>,
     /// The stream's sending side; `None` before the first session.

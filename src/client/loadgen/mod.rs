@@ -10,8 +10,10 @@
 //!
 //! A run goes through phases: ramp-up (open every connection), the measured
 //! run, an optional reconnect storm, a drain (no new messages; wait for every
-//! echo), then the report. It speaks standard SCP only, so it loads any SCP
-//! gate, goscon included.
+//! echo), then the report. It speaks standard SCP, so it loads any SCP
+//! gate, goscon included; cloudwu's stable-connection dialect, as its
+//! published client does (a resume resends the ciphertext the server has not
+//! received, and the server resends after the client's count); or plain TCP.
 
 mod conn;
 mod report;
@@ -35,6 +37,8 @@ pub enum Protocol {
     Scp,
     /// The same frames over plain TCP (for baselines against plain relays).
     Plain,
+    /// The same frames inside cloudwu's stable-connection dialect.
+    StableConnection,
 }
 
 /// Settings of a load run; mirrors the options of `ringgate loadgen`.
@@ -55,9 +59,9 @@ pub struct LoadgenConfig {
     pub size_min: usize,
     /// Largest payload, bytes (at most 65535).
     pub size_max: usize,
-    /// SCP or plain.
+    /// What the clients speak.
     pub protocol: Protocol,
-    /// `targetServer` for the SCP handshake.
+    /// `targetServer` for the SCP handshake (SCP only).
     pub target: Option<String>,
     /// Drop (TCP RST) and resume every connection after this many messages.
     pub resume_every: Option<u64>,
@@ -232,7 +236,13 @@ fn check(cfg: &LoadgenConfig) -> Result<(), LoadgenError> {
     }
     let drops = cfg.resume_every.is_some() || cfg.abort_probability > 0.0 || cfg.storm;
     if drops && cfg.protocol == Protocol::Plain {
-        return bad("--resume-every, --abort-probability and --storm need --protocol scp");
+        return bad(
+            "--resume-every, --abort-probability and --storm need --protocol scp or \
+             stable-connection",
+        );
+    }
+    if cfg.target.is_some() && cfg.protocol == Protocol::StableConnection {
+        return bad("--target is part of the SCP handshake; stable-connection has none");
     }
     if cfg.resume_every == Some(0) {
         return bad("--resume-every must be at least 1");

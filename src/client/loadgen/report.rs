@@ -88,9 +88,11 @@ pub struct Report {
     pub handshakes_per_sec: f64,
     /// Seconds of the measured run.
     pub measured_seconds: f64,
-    /// Resumes answered 200 (whole run).
+    /// Resumes accepted (SCP: answered 200; whole run).
     pub resumes_ok: u64,
-    /// Resumes refused, by status code (whole run).
+    /// Resumes refused, by status code (whole run). stable-connection has
+    /// no codes: `closed` is a resume the gate closed before answering,
+    /// `out-of-window` one answered with a count the client cannot resend from.
     pub resumes_failed: BTreeMap<String, u64>,
     /// Echoes completed and verified during the measured run.
     pub messages: u64,

@@ -12,7 +12,7 @@
 //! (operation, connection, epoch); a new attempt bumps the epoch so
 //! completions of the old socket are recognised and ignored.
 
-use super::conn::{Conn, Pattern, Phase, Tx, verify};
+use super::conn::{Conn, Handshake, Pattern, Phase, Tx, verify};
 use super::report::ShardReport;
 use super::{Control, LoadgenConfig, LoadgenError, MAX_PENDING_PER_SHARD, Protocol, phase};
 use crate::engine::endpoint::{self, Endpoint, Received, RecvPolicy};
@@ -21,6 +21,7 @@ use crate::engine::sys::{self, RawAddr, SetupError};
 use crate::proto::client::{ClientEvent, ClientHandshake};
 use crate::proto::replay::{PAGE, ReplayWindow};
 use crate::proto::session::Session;
+use crate::proto::stable::{self, ClientStep, Role, StableSession};
 use io_uring::{opcode, types};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -437,7 +438,30 @@ impl Shard {
                     None => ClientHandshake::new_session(random, self.cfg.target.as_deref(), None),
                 };
                 c.hs_out = hs.take_output();
-                c.hs = Some(Box::new(hs));
+                c.hs = Some(Handshake::Scp(Box::new(hs)));
+                c.phase = Phase::Handshake;
+                self.arm_recv(i);
+                self.flush(i);
+            }
+            Protocol::StableConnection => {
+                let c = &mut self.conns[i];
+                let resume =
+                    c.tx.as_mut()
+                        .and_then(Tx::stable_mut)
+                        .and_then(|s| s.resume_request());
+                let (hs, out) = match resume {
+                    Some(req) => (stable::ClientHandshake::resume(), req.to_vec()),
+                    None => {
+                        // Real randomness, not the shard's seeded generator:
+                        // the dialect has no session ids, so two runs against
+                        // one gate with the same keys would have the same
+                        // fingerprints and prove each other's secrets.
+                        let (hs, req) = stable::ClientHandshake::new_session(rand::random());
+                        (hs, req.to_vec())
+                    }
+                };
+                c.hs_out = out;
+                c.hs = Some(Handshake::Stable(hs));
                 c.phase = Phase::Handshake;
                 self.arm_recv(i);
                 self.flush(i);
@@ -528,9 +552,13 @@ impl Shard {
         c.unechoed += frame;
         c.msgs_here += 1;
         c.due = false;
-        let drop_now = self.cfg.resume_every.is_some_and(|k| c.msgs_here >= k)
+        // A drop waits until the stream can be resumed (a stable-connection
+        // client must have received something): with `--resume-every` the
+        // next commit tries again.
+        let drop_now = (self.cfg.resume_every.is_some_and(|k| c.msgs_here >= k)
             || (self.cfg.abort_probability > 0.0
-                && self.rng.random::<f64>() < self.cfg.abort_probability);
+                && self.rng.random::<f64>() < self.cfg.abort_probability))
+            && c.tx.as_ref().is_some_and(Tx::can_resume);
         self.flush(i);
         if drop_now {
             // Drop with the message (and maybe its echo) in flight, so both
@@ -667,63 +695,131 @@ impl Shard {
     }
 
     fn on_data(&mut self, i: usize, data: &mut [u8]) {
+        match (self.conns[i].phase, &self.conns[i].hs) {
+            (Phase::Handshake, Some(Handshake::Scp(_))) => self.scp_handshake(i, data),
+            (Phase::Handshake, Some(Handshake::Stable(_))) => self.stable_handshake(i, data),
+            (Phase::Open, _) => self.stream_data(i, data),
+            _ => {}
+        }
+    }
+
+    fn scp_handshake(&mut self, i: usize, data: &mut [u8]) {
         let c = &mut self.conns[i];
-        match c.phase {
-            Phase::Handshake => {
-                let Some(hs) = c.hs.as_mut() else { return };
-                let used = hs.recv(data);
-                let event = hs.poll();
-                match event {
-                    ClientEvent::NeedMore => {}
-                    ClientEvent::Established { id, secret } => {
-                        c.hs = None;
-                        self.reset_stream(i);
-                        self.conns[i].tx =
-                            Some(Tx::Scp(Box::new(Session::new(id, secret, self.window))));
+        let Some(Handshake::Scp(hs)) = c.hs.as_mut() else {
+            return;
+        };
+        let used = hs.recv(data);
+        let event = hs.poll();
+        match event {
+            ClientEvent::NeedMore => {}
+            ClientEvent::Established { id, secret } => {
+                c.hs = None;
+                self.reset_stream(i);
+                self.conns[i].tx = Some(Tx::Scp(Box::new(Session::new(id, secret, self.window))));
+                self.opened(i);
+                self.stream_data(i, &mut data[used..]);
+            }
+            ClientEvent::Resumed { server_received } => {
+                c.hs = None;
+                let ok =
+                    c.tx.as_mut()
+                        .and_then(Tx::session_mut)
+                        .map(|s| s.resumed(server_received).is_ok());
+                if ok == Some(true) {
+                    self.report.resumes_ok += 1;
+                    if c.storm {
+                        self.report.storm_resumes += 1;
+                    }
+                    self.opened(i);
+                    self.stream_data(i, &mut data[used..]);
+                } else {
+                    // The gate misses more than we hold: a broken
+                    // gate or a lying one. Start over.
+                    *self
+                        .report
+                        .resumes_failed
+                        .entry("406-client".into())
+                        .or_default() += 1;
+                    self.session_lost(i);
+                }
+            }
+            ClientEvent::Rejected { code, .. } => {
+                *self
+                    .report
+                    .resumes_failed
+                    .entry(code.to_string())
+                    .or_default() += 1;
+                self.session_lost(i);
+            }
+            ClientEvent::Failed(e) => {
+                self.report.error(format!("handshake: {e}"));
+                self.drop_socket(i, false);
+                self.retry_later(i);
+            }
+        }
+    }
+
+    /// The gate's answer to a stable-connection request: a new session
+    /// proves the secret, a resume proves it and then resends (from the
+    /// window) what the gate has not received; either way the proof goes
+    /// out first, through `hs_out`.
+    fn stable_handshake(&mut self, i: usize, data: &mut [u8]) {
+        let c = &mut self.conns[i];
+        let Some(Handshake::Stable(hs)) = c.hs.as_mut() else {
+            return;
+        };
+        let used = hs.recv(data);
+        match hs.poll() {
+            ClientStep::NeedMore => {}
+            ClientStep::Established { secret, auth } => {
+                self.reset_stream(i);
+                let c = &mut self.conns[i];
+                c.hs = None;
+                c.hs_out.extend_from_slice(&auth);
+                c.tx = Some(Tx::Stable(Box::new(StableSession::new(
+                    Role::Client,
+                    secret,
+                    self.window,
+                ))));
+                self.opened(i);
+                self.stream_data(i, &mut data[used..]);
+            }
+            ClientStep::Answered {
+                server_received,
+                challenge,
+            } => {
+                c.hs = None;
+                let auth =
+                    c.tx.as_mut()
+                        .and_then(Tx::stable_mut)
+                        .map(|s| s.resumed(server_received, challenge));
+                match auth {
+                    Some(Ok(auth)) => {
+                        c.hs_out.extend_from_slice(&auth);
+                        self.report.resumes_ok += 1;
+                        if c.storm {
+                            self.report.storm_resumes += 1;
+                        }
                         self.opened(i);
                         self.stream_data(i, &mut data[used..]);
                     }
-                    ClientEvent::Resumed { server_received } => {
-                        c.hs = None;
-                        let ok =
-                            c.tx.as_mut()
-                                .and_then(Tx::session_mut)
-                                .map(|s| s.resumed(server_received).is_ok());
-                        if ok == Some(true) {
-                            self.report.resumes_ok += 1;
-                            if c.storm {
-                                self.report.storm_resumes += 1;
-                            }
-                            self.opened(i);
-                            self.stream_data(i, &mut data[used..]);
-                        } else {
-                            // The gate misses more than we hold: a broken
-                            // gate or a lying one. Start over.
-                            *self
-                                .report
-                                .resumes_failed
-                                .entry("406-client".into())
-                                .or_default() += 1;
-                            self.session_lost(i);
-                        }
-                    }
-                    ClientEvent::Rejected { code, .. } => {
+                    _ => {
+                        // The gate misses more than we hold (the published
+                        // client drops the connection here too): start over.
                         *self
                             .report
                             .resumes_failed
-                            .entry(code.to_string())
+                            .entry("out-of-window".into())
                             .or_default() += 1;
                         self.session_lost(i);
                     }
-                    ClientEvent::Failed(e) => {
-                        self.report.error(format!("handshake: {e}"));
-                        self.drop_socket(i, false);
-                        self.retry_later(i);
-                    }
                 }
             }
-            Phase::Open => self.stream_data(i, data),
-            _ => {}
+            ClientStep::Failed(e) => {
+                self.report.error(format!("handshake: {e}"));
+                self.drop_socket(i, false);
+                self.retry_later(i);
+            }
         }
     }
 
@@ -757,6 +853,14 @@ impl Shard {
             self.report.error("echo did not match what was sent");
             self.drop_socket(i, false);
             self.kill(i);
+            return;
+        }
+        let c = &self.conns[i];
+        if c.storm && c.phase == Phase::Open {
+            // A storm drop put off until the stream could be resumed (see
+            // `enter`): it has received something now.
+            self.drop_socket(i, true);
+            self.storm_queue.push_back(i);
             return;
         }
         if r.completed > 0 {
@@ -817,14 +921,33 @@ impl Shard {
         }
     }
 
-    /// The connection broke under us (server closed, error): an SCP session
+    /// The connection broke under us (server closed, error): a session
     /// resumes, a plain connection starts over and loses what was in flight.
+    /// A stable-connection resume that breaks before its answer was refused:
+    /// the dialect has no codes, the gate just closes.
     fn broken(&mut self, i: usize, why: String) {
-        let phase = self.conns[i].phase;
+        let c = &self.conns[i];
+        let phase = c.phase;
+        if phase == Phase::Handshake
+            && matches!(c.hs, Some(Handshake::Stable(_)))
+            && c.tx.as_ref().is_some_and(Tx::can_resume)
+        {
+            *self
+                .report
+                .resumes_failed
+                .entry("closed".into())
+                .or_default() += 1;
+            self.session_lost(i);
+            return;
+        }
         self.report.error(why);
         self.drop_socket(i, false);
         match (phase, self.cfg.protocol) {
-            (Phase::Open, Protocol::Scp) => self.reconnect_after(i, self.cfg.resume_delay),
+            // A stable-connection stream that cannot resume yet starts a new
+            // session on reconnecting, which counts what it loses.
+            (Phase::Open, Protocol::Scp | Protocol::StableConnection) => {
+                self.reconnect_after(i, self.cfg.resume_delay)
+            }
             (Phase::Open, Protocol::Plain) => {
                 self.reset_stream(i);
                 self.retry_later(i);
@@ -999,6 +1122,18 @@ impl Shard {
                     }
                     self.conns[i].storm = true;
                     self.storm_left += 1;
+                    let c = &self.conns[i];
+                    if c.phase == Phase::Open
+                        && c.unechoed > 0
+                        && !c.tx.as_ref().is_some_and(Tx::can_resume)
+                    {
+                        // A stable-connection client that has received
+                        // nothing cannot resume, and would lose what is in
+                        // flight: it drops on its first bytes instead
+                        // (`stream_data`). With nothing in flight it may
+                        // just as well start anew, below.
+                        continue;
+                    }
                     if self.conns[i].phase == Phase::Open {
                         // Every connection drops now; they come back through
                         // the same bounded number of pending connects as the
