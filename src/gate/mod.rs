@@ -6,6 +6,7 @@
 //! the engine's [`UpstreamPolicy`], what to do.
 
 pub mod embedded;
+pub mod skynet;
 pub mod upstream;
 
 use arc_swap::ArcSwap;

@@ -120,6 +120,7 @@ impl Shard {
             ConnState::Opening
         };
         let ci = self.new_conn(slot, None, door, state);
+        self.skynet_accepted(ci);
         // Reading starts once the peer address is known, so that a session
         // (and its upstream announcement) always has it.
         self.request_peername(ci);
