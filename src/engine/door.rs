@@ -12,6 +12,12 @@
 //! A door that needs its own sans-IO greeting adds a variant to
 //! [`DoorGreeting`]; one that needs its own codec adds one to `Outbound`.
 //!
+//! skynet's two doors ([`Door::SkynetLogin`], [`Door::MsgServer`]) open no
+//! session: a login is served within its greeting and closed; a msgserver
+//! connection's greeting is its first packet, which names the shard holding
+//! its user (see [`super::skynet`]), and after it the shard's msgserver
+//! gate reads the connection.
+//!
 //! # The stable-connection door and its resume index
 //!
 //! cloudwu's stable-connection dialect names no session on the wire: a
@@ -42,6 +48,7 @@
 
 use super::session::{Greeted, Greeting};
 use super::session_id::IdSpace;
+use crate::proto::skynet::login::{LoginLimits, LoginServer};
 use crate::proto::stable::{ServerHandshake, ServerStep, StableError};
 use std::collections::HashMap;
 
@@ -56,6 +63,10 @@ pub enum Door {
     Stable,
     /// A WebSocket (see [`super::ws`]), carrying packets or SCP.
     Ws(super::ws::WsMode),
+    /// skynet's login server (see [`super::skynet`]).
+    SkynetLogin,
+    /// skynet's msgserver gate (see [`super::skynet`]).
+    MsgServer,
 }
 
 impl Door {
@@ -63,6 +74,11 @@ impl Door {
     /// session (and count against `max_pending_handshakes`).
     pub fn greets(self) -> bool {
         !matches!(self, Door::Plain)
+    }
+
+    /// Whether this is one of skynet's doors.
+    pub fn is_skynet(self) -> bool {
+        matches!(self, Door::SkynetLogin | Door::MsgServer)
     }
 }
 
@@ -74,6 +90,8 @@ impl std::fmt::Display for Door {
             Door::Stable => "stable-connection",
             Door::Ws(super::ws::WsMode::Packets) => "websocket-packets",
             Door::Ws(super::ws::WsMode::Scp) => "websocket-scp",
+            Door::SkynetLogin => "skynet-login",
+            Door::MsgServer => "msgserver",
         })
     }
 }
@@ -87,6 +105,11 @@ pub enum DoorGreeting {
     Scp(Greeting),
     /// The stable-connection handshake.
     Stable(StableGreeting),
+    /// A skynet login, start to answer.
+    SkynetLogin(Box<LoginServer>),
+    /// The bytes of a msgserver connection up to its first (handshake)
+    /// packet, which names the shard that holds the user.
+    MsgServer(Vec<u8>),
 }
 
 impl DoorGreeting {
@@ -96,6 +119,12 @@ impl DoorGreeting {
     pub fn new(door: Door, hops: u16) -> Self {
         match door {
             Door::Stable => DoorGreeting::Stable(StableGreeting::new(hops)),
+            Door::SkynetLogin => DoorGreeting::SkynetLogin(Box::new(LoginServer::new(
+                rand::random(),
+                rand::random(),
+                LoginLimits::default(),
+            ))),
+            Door::MsgServer => DoorGreeting::MsgServer(Vec::new()),
             // A WebSocket's upgrade is read by the connection's WebSocket
             // state; in SCP mode this greeting then reads the messages'
             // bytes, in packets mode it only marks the connection as
@@ -110,6 +139,9 @@ impl DoorGreeting {
         match self {
             DoorGreeting::Scp(g) => g.take_raw(),
             DoorGreeting::Stable(g) => std::mem::take(&mut g.raw),
+            DoorGreeting::MsgServer(raw) => std::mem::take(raw),
+            // A login is never handed over: it is served where it landed.
+            DoorGreeting::SkynetLogin(_) => Vec::new(),
         }
     }
 
@@ -117,7 +149,7 @@ impl DoorGreeting {
     pub fn handle_scp(&mut self, data: &[u8], ids: IdSpace, shards: usize, here: usize) -> Greeted {
         match self {
             DoorGreeting::Scp(g) => g.handle_bytes(data, ids, shards, here),
-            DoorGreeting::Stable(_) => Greeted::NeedMore,
+            _ => Greeted::NeedMore,
         }
     }
 }

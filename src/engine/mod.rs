@@ -20,6 +20,8 @@
 //! - [`backend`], [`workers`], [`session_id`], [`timer`], [`sys`]: what a
 //!   session is connected to, the worker queues of embedded mode, the shard
 //!   bits in session ids, deadline queues, kernel helpers.
+//! - [`skynet`]: skynet's login and msgserver doors, which keep users
+//!   rather than sessions, and their queues to the embedding program.
 //!
 //! Session ids carry their owning shard in their low bits ([`IdSpace`]); a
 //! resume that the kernel delivered to another shard is handed to the owner
@@ -34,6 +36,7 @@ pub mod ring;
 pub mod session;
 pub mod session_id;
 mod shard;
+pub mod skynet;
 pub mod stats;
 pub mod sys;
 pub mod timer;
@@ -106,6 +109,12 @@ pub struct Config {
     pub backend: Backend,
     /// The settings of WebSocket doors ([`Door::Ws`]).
     pub ws: crate::proto::ws::WsSettings,
+    /// The dialect of `listen` when it is not SCP or plain (a skynet door);
+    /// `None`: as `scp` says.
+    pub listen_door: Option<door::Door>,
+    /// The skynet doors' decisions, queues and settings; required when a
+    /// listener is a skynet door.
+    pub skynet: Option<std::sync::Arc<skynet::SkynetHub>>,
 }
 
 /// Receive-buffer memory all shards share when `recv_buffers` is 0.
@@ -152,6 +161,8 @@ impl Default for Config {
             pin_threads: true,
             backend: Backend::Echo,
             ws: crate::proto::ws::WsSettings::default(),
+            listen_door: None,
+            skynet: None,
         }
     }
 }
@@ -417,14 +428,19 @@ impl Gate {
             keepalive: cfg.keepalive,
             backlog: shard::LISTEN_BACKLOG,
         };
-        let primary = if cfg.scp {
-            door::Door::Scp
-        } else {
-            door::Door::Plain
+        let primary = match cfg.listen_door {
+            Some(d) => d,
+            None if cfg.scp => door::Door::Scp,
+            None => door::Door::Plain,
         };
         let wanted: Vec<(SocketAddr, door::Door)> = std::iter::once((cfg.listen, primary))
             .chain(cfg.doors.iter().copied())
             .collect();
+        if cfg.skynet.is_none() && wanted.iter().any(|(_, d)| d.is_skynet()) {
+            return Err(SetupError::Other(
+                "a skynet door needs the skynet settings (Config::skynet)".into(),
+            ));
+        }
         let mut bound = Vec::with_capacity(wanted.len());
         let mut firsts = Vec::with_capacity(wanted.len());
         for &(addr, d) in &wanted {

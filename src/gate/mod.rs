@@ -7,6 +7,7 @@
 
 pub mod embedded;
 pub mod resolv;
+pub mod skynet;
 pub mod upstream;
 
 use arc_swap::ArcSwap;

@@ -123,6 +123,7 @@ impl Shard {
         if let Door::Ws(mode) = door {
             self.ws_accepted(ci, mode);
         }
+        self.skynet_accepted(ci);
         // Reading starts once the peer address is known, so that a session
         // (and its upstream announcement) always has it.
         self.request_peername(ci);

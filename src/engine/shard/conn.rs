@@ -68,6 +68,7 @@ impl Shard {
             // Read after the resume record but before the hand-over: travels
             // along (bounded by the greeting's receive room).
             ConnState::HandingOff { raw, .. } => raw.extend_from_slice(data),
+            ConnState::Skynet => self.msgserver_data(ci, data),
             ConnState::Opening | ConnState::Finishing => {}
         }
     }
@@ -80,6 +81,10 @@ impl Shard {
         };
         if let DoorGreeting::Stable(_) = **g {
             self.greet_stable(ci, data);
+            return;
+        }
+        if let DoorGreeting::SkynetLogin(_) | DoorGreeting::MsgServer(_) = **g {
+            self.greet_skynet(ci, data);
             return;
         }
         match g.handle_scp(data, ids, shards, here) {
@@ -148,6 +153,7 @@ impl Shard {
                 debug!(shard = self.index, peer = %Addr(peer), "connection closed during handshake: {why}");
             }
             ConnState::Attached(si, sg) => self.detach(si, sg, ci, why),
+            ConnState::Skynet => self.msgserver_gone(ci, why),
             _ => {}
         }
         self.close_conn(ci);
@@ -184,6 +190,7 @@ impl Shard {
                 .get(si)
                 .filter(|s| s.epoch == sg)
                 .map_or(0, |s| s.relay.client_room()),
+            ConnState::Skynet => skynet::room(self.skynet.as_deref(), conn.answer.len()),
             ConnState::HandingOff { .. } | ConnState::Opening | ConnState::Finishing => 0,
         };
         if let ConnState::HandingOff { .. } = conn.state {

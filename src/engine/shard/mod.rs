@@ -18,6 +18,7 @@ mod control;
 mod handoff;
 mod housekeeping;
 mod sessions;
+mod skynet;
 mod stable;
 mod upstream;
 mod workers;
@@ -139,6 +140,9 @@ enum ConnState {
     },
     /// Writing a final answer, then closing.
     Finishing,
+    /// A skynet msgserver connection, its bytes read by the shard's
+    /// [`MsgGate`](crate::proto::skynet::gate::MsgGate) (see `skynet.rs`).
+    Skynet,
 }
 
 struct Conn {
@@ -268,6 +272,8 @@ pub struct Shard {
     hub: Option<Arc<WorkerHub>>,
     /// Sessions with notes waiting for a full worker queue.
     worker_waiting: Vec<(usize, u32)>,
+    /// The skynet doors' users and connections, when the gate has them.
+    skynet: Option<Box<skynet::SkynetShard>>,
 }
 
 /// A peer address for log lines: the address, or `?` when the kernel did
@@ -325,6 +331,7 @@ impl Shard {
             proxy,
             hub,
             worker_waiting: Vec::new(),
+            skynet: skynet::SkynetShard::for_config(&cfg),
             cfg,
             shared,
             listeners: listeners
@@ -422,6 +429,7 @@ impl Shard {
         let mut done: Vec<Completion<Tag>> = Vec::with_capacity(1024);
         loop {
             self.worker_round();
+            self.skynet_round();
             self.control_round();
             let link = &self.shared.shards[self.index];
             let wait = link.prepare_sleep();

@@ -15,7 +15,7 @@ impl Shard {
         match &mut self.conns.get_mut(ci)?.state {
             ConnState::Greeting(g) => match &mut **g {
                 DoorGreeting::Stable(g) => Some(g),
-                DoorGreeting::Scp(_) => None,
+                _ => None,
             },
             _ => None,
         }
