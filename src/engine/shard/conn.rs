@@ -238,6 +238,10 @@ impl Shard {
                 let Some(s) = sessions.get_mut(si).filter(|s| s.epoch == sg) else {
                     return;
                 };
+                // Most syncs find nothing new to send: skip building pieces.
+                if s.relay.client_out().unsent() == 0 {
+                    return;
+                }
                 let tag = Tag::new(Op::Send, ci, epoch);
                 let sent = conn
                     .ep

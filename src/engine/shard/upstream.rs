@@ -272,7 +272,13 @@ impl Shard {
         let tag = Tag::new(Op::UpSend, si, epoch);
         if let Some(prelude) = s.relay.take_peer_prelude() {
             ep.send_owned(d, prelude, tag);
-        } else if let Some(pieces) = s.relay.peer_pieces() {
+        } else if let Some(pieces) = s
+            .relay
+            .peer_out()
+            .is_some_and(|o| o.unsent() > 0)
+            .then(|| s.relay.peer_pieces())
+            .flatten()
+        {
             let sent = ep.send_pieces(d, pieces, meta_pool, tag);
             if let Some(op) = ep.send_op().filter(|_| sent > 0) {
                 up.sending_stream = true;
