@@ -18,7 +18,7 @@ impl Shard {
         };
         match conn.ep.on_recv(&c, &self.bufs) {
             super::super::endpoint::Received::Data(mut buf) => {
-                conn.last_rx = Instant::now();
+                conn.last_rx = self.clock;
                 self.count_n(|s| &s.client_rx_bytes, buf.len() as u64);
                 self.client_data(ci, &mut buf);
             }

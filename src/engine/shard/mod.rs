@@ -263,6 +263,10 @@ pub struct Shard {
     handoff_seq: u32,
     handoffs: HashMap<(usize, u32), (Instant, Handoff)>,
     last_limit_warn: Option<Instant>,
+    /// When the current batch of completions was reaped (read only while an
+    /// idle timeout is set: a receive's time is then that of its batch,
+    /// rather than a clock read per receive).
+    clock: Instant,
     /// Per-session log lines at info in the current second, and those
     /// left out because there were too many.
     log_second: Option<Instant>,
@@ -362,6 +366,7 @@ impl Shard {
             handoff_seq: 0,
             handoffs: HashMap::new(),
             last_limit_warn: None,
+            clock: Instant::now(),
             log_second: None,
             log_lines: 0,
             log_skipped: 0,
@@ -435,6 +440,9 @@ impl Shard {
             let wait = link.prepare_sleep();
             self.d.submit_and_reap(wait, &mut done);
             self.shared.shards[self.index].woke();
+            if self.idle_timers.is_some() {
+                self.clock = Instant::now();
+            }
             for c in done.drain(..) {
                 self.dispatch(c);
             }
