@@ -223,6 +223,19 @@ pub struct LoadgenArgs {
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// skynet login server each user logs in at once (--protocol msgserver;
+    /// --connect is then the msgserver gate).
+    #[arg(long, value_name = "ADDR")]
+    pub login: Option<SocketAddr>,
+    /// msgserver users are named this followed by their number.
+    #[arg(long, value_name = "NAME", default_value = "user")]
+    pub user_prefix: String,
+    /// Password of every msgserver user.
+    #[arg(long, value_name = "TEXT", default_value = "password")]
+    pub password: String,
+    /// Game server named in the msgserver login token.
+    #[arg(long, value_name = "NAME", default_value = "sample")]
+    pub server: String,
 }
 
 impl LoadgenArgs {
@@ -240,6 +253,7 @@ impl LoadgenArgs {
                 LoadProtocol::Scp => Protocol::Scp,
                 LoadProtocol::Plain => Protocol::Plain,
                 LoadProtocol::StableConnection => Protocol::StableConnection,
+                LoadProtocol::Msgserver => Protocol::Msgserver,
             },
             target: self.target.clone(),
             resume_every: self.resume_every,
@@ -252,6 +266,10 @@ impl LoadgenArgs {
             shards: self.shards,
             json: self.json.clone(),
             progress: true,
+            login: self.login,
+            user_prefix: self.user_prefix.clone(),
+            password: self.password.clone(),
+            server: self.server.clone(),
             ..LoadgenConfig::default()
         }
     }
@@ -266,6 +284,12 @@ pub enum LoadProtocol {
     Plain,
     /// cloudwu's stable-connection dialect (a gate's `--stable` address).
     StableConnection,
+    /// skynet's msgserver gate (needs --login): each user logs in once, then
+    /// sends requests with sessions, each answer verified; --resume-every K
+    /// reconnects and repeats a session, which must be answered once. Runs
+    /// blocking clients on the client threads, one request in flight per
+    /// user, rather than the io_uring client: thousands of users, not more.
+    Msgserver,
 }
 
 /// A message size: `N` or `MIN-MAX` bytes, both ends included.
@@ -746,6 +770,25 @@ mod tests {
             unreachable!()
         };
         assert_eq!(l.to_config().protocol, Protocol::StableConnection);
+        let argv = ["ringgate", "loadgen", "--connect", "127.0.0.1:1"];
+        let argv = argv.into_iter().chain([
+            "--protocol",
+            "msgserver",
+            "--login",
+            "127.0.0.1:2",
+            "--user-prefix",
+            "bot",
+        ]);
+        let Command::Loadgen(l) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        let c = l.to_config();
+        assert_eq!(c.protocol, Protocol::Msgserver);
+        assert_eq!(c.login, Some("127.0.0.1:2".parse().unwrap()));
+        assert_eq!(
+            (c.user_prefix.as_str(), c.password.as_str()),
+            ("bot", "password")
+        );
         for bad in [
             &["--size", "0"][..],
             &["--size", "10-5"],

@@ -1,14 +1,18 @@
 //! The load generator run in-process against an in-process gate: every
 //! echoed byte must verify, across resumes and a reconnect storm, in SCP
-//! and in the stable-connection dialect.
+//! and in the stable-connection dialect; and skynet's msgserver gate, where
+//! every answer must verify and a request repeated after a reconnect must
+//! be answered once and run once.
 
 mod common;
 
 use common::{config, start};
 use ringgate::client::loadgen::{self, LoadgenConfig, Protocol, Report};
 use ringgate::engine::{Config, Door, Gate};
-use ringgate::gate::Backend;
+use ringgate::gate::{Backend, skynet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn load(addr: SocketAddr) -> LoadgenConfig {
@@ -243,4 +247,122 @@ fn bad_settings_are_refused() {
     assert!(loadgen::plan_shards(1_000_000, Some(1)).is_err());
     let plan = loadgen::plan_shards(1_000_000, None).unwrap();
     assert!(1_000_000 / plan.shards <= plan.per_ring_cap);
+}
+
+/// skynet's `logind.lua`: any user, password `password`.
+#[derive(Debug)]
+struct Logind;
+
+impl skynet::Auth for Logind {
+    fn auth(&self, token: &[u8]) -> Result<(Vec<u8>, Vec<u8>), skynet::Refusal> {
+        let t = ringgate::proto::skynet::login::Token::parse(token)
+            .ok_or(skynet::Refusal::Unauthorized)?;
+        if t.password != b"password" {
+            return Err(skynet::Refusal::Unauthorized);
+        }
+        Ok((t.server, t.user))
+    }
+}
+
+/// How often the agent ran each (user, session).
+type Runs = Arc<Mutex<HashMap<(u64, u32), u32>>>;
+
+/// A login server and msgserver gate whose agent echoes every request
+/// (after `delay`, so that reconnects land while requests are running),
+/// counting how often it ran each (user, session).
+fn msgserver(delay: Duration) -> (skynet::Handle, Runs) {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (handle, receivers) = skynet::Builder::new(any, any, Logind)
+        .shards(2)
+        .workers(2)
+        .engine(|c| c.pin_threads = false)
+        .start()
+        .expect("start the gate");
+    let runs = Runs::default();
+    for rx in receivers {
+        let (handle, runs) = (handle.clone(), runs.clone());
+        std::thread::spawn(move || {
+            while let Some(ev) = rx.recv() {
+                if let skynet::Event::Request {
+                    user,
+                    session,
+                    payload,
+                } = ev
+                {
+                    *runs.lock().unwrap().entry((user.0, session)).or_insert(0) += 1;
+                    std::thread::sleep(delay);
+                    let _ = handle.respond(user, session, payload, true);
+                }
+            }
+        });
+    }
+    (handle, runs)
+}
+
+fn msgserver_load(handle: &skynet::Handle) -> LoadgenConfig {
+    LoadgenConfig {
+        protocol: Protocol::Msgserver,
+        login: Some(handle.login_addr()),
+        connections: 20,
+        duration: Duration::from_secs(1),
+        ..load(handle.gate_addr())
+    }
+}
+
+#[test]
+fn msgserver_requests_verify() {
+    let (handle, runs) = msgserver(Duration::ZERO);
+    let json = std::env::temp_dir().join(format!("ringgate-msgload-{}.json", std::process::id()));
+    let r = loadgen::run(LoadgenConfig {
+        json: Some(json.clone()),
+        ..msgserver_load(&handle)
+    })
+    .unwrap();
+    assert_clean(&r);
+    assert!(r.errors.is_empty(), "{r}");
+    assert_eq!(r.resumes_ok, 0, "{r}");
+    assert_eq!(r.repeats_answered, Some(0), "{r}");
+    let runs = runs.lock().unwrap();
+    assert_eq!(runs.len() as u64, r.messages_total, "{r}");
+    assert!(runs.values().all(|&n| n == 1), "{r}");
+    let text = std::fs::read_to_string(&json).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["repeats_answered"], 0, "{text}");
+    assert!(v["latency_us"]["p50"].is_u64(), "{text}");
+    let _ = std::fs::remove_file(json);
+}
+
+#[test]
+fn msgserver_repeats_after_reconnects_are_answered_once() {
+    // The agent takes a while, so most reconnects leave the request still
+    // running: the repeat waits for its answer; the rest find it cached.
+    let (handle, runs) = msgserver(Duration::from_millis(2));
+    let r = loadgen::run(LoadgenConfig {
+        resume_every: Some(3),
+        ..msgserver_load(&handle)
+    })
+    .unwrap();
+    assert_clean(&r);
+    assert!(r.errors.is_empty(), "{r}");
+    assert!(r.resumes_failed.is_empty(), "{r}");
+    assert!(r.resumes_ok > 0, "{r}");
+    assert_eq!(r.repeats_answered, Some(r.resumes_ok), "{r}");
+    // Every request ran once at the agent, repeats included.
+    let runs = runs.lock().unwrap();
+    assert_eq!(runs.len() as u64, r.messages_total, "{r}");
+    assert!(runs.values().all(|&n| n == 1), "{r}");
+}
+
+#[test]
+fn msgserver_wrong_password_is_counted() {
+    let (handle, _) = msgserver(Duration::ZERO);
+    let r = loadgen::run(LoadgenConfig {
+        password: "wrong".into(),
+        connections: 3,
+        duration: Duration::from_millis(200),
+        ..msgserver_load(&handle)
+    })
+    .unwrap();
+    assert_eq!(r.connections, 0, "{r}");
+    assert_eq!(r.errors.get("login: refused 401"), Some(&3), "{r}");
 }

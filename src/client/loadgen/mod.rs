@@ -14,8 +14,15 @@
 //! gate, goscon included; cloudwu's stable-connection dialect, as its
 //! published client does (a resume resends the ciphertext the server has not
 //! received, and the server resends after the client's count); or plain TCP.
+//!
+//! `--protocol msgserver` loads skynet's login server and msgserver gate
+//! ([`crate::gate::skynet`]) on another client path: threads driving the
+//! blocking [`crate::client::skynet::SkynetClient`], one request in flight
+//! per user, each answer verified and each repeat after a reconnect checked
+//! to be answered once. It reuses the phases and the report; see its module.
 
 mod conn;
+mod msgserver;
 mod report;
 mod shard;
 
@@ -39,6 +46,10 @@ pub enum Protocol {
     Plain,
     /// The same frames inside cloudwu's stable-connection dialect.
     StableConnection,
+    /// skynet's msgserver gate: each user logs in at
+    /// [`LoadgenConfig::login`], then sends requests with sessions to
+    /// [`LoadgenConfig::connect`] (blocking clients on threads, not io_uring).
+    Msgserver,
 }
 
 /// Settings of a load run; mirrors the options of `ringgate loadgen`.
@@ -84,6 +95,14 @@ pub struct LoadgenConfig {
     pub resume_delay: Duration,
     /// Longest wait for outstanding echoes at the end.
     pub drain_timeout: Duration,
+    /// skynet login server (msgserver only).
+    pub login: Option<SocketAddr>,
+    /// Users are named this followed by their number (msgserver only).
+    pub user_prefix: String,
+    /// Password every user logs in with (msgserver only).
+    pub password: String,
+    /// Game server name in the login token (msgserver only).
+    pub server: String,
 }
 
 impl Default for LoadgenConfig {
@@ -108,6 +127,11 @@ impl Default for LoadgenConfig {
             seed: 0x005e_ed0f_1a4d,
             resume_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(15),
+            login: None,
+            // skynet's examples/login: any user, password `password`, server `sample`.
+            user_prefix: "user".into(),
+            password: "password".into(),
+            server: "sample".into(),
         }
     }
 }
@@ -241,6 +265,26 @@ fn check(cfg: &LoadgenConfig) -> Result<(), LoadgenError> {
              stable-connection",
         );
     }
+    if cfg.protocol == Protocol::Msgserver {
+        if cfg.login.is_none() {
+            return bad("--protocol msgserver needs --login");
+        }
+        if cfg.storm || cfg.abort_probability > 0.0 || cfg.target.is_some() {
+            return bad(
+                "--protocol msgserver takes --resume-every, not --storm, --abort-probability \
+                 or --target",
+            );
+        }
+        // A response is `payload ‖ u8 ok ‖ u32 session` in a u16 packet.
+        if cfg.size_max > u16::MAX as usize - 5 {
+            return bad("--size for msgserver must be at most 65530");
+        }
+        if !cfg.source_ips.is_empty() {
+            return bad("--source-ips is not supported with --protocol msgserver");
+        }
+    } else if cfg.login.is_some() {
+        return bad("--login is for --protocol msgserver");
+    }
     if cfg.target.is_some() && cfg.protocol == Protocol::StableConnection {
         return bad("--target is part of the SCP handshake; stable-connection has none");
     }
@@ -278,9 +322,13 @@ pub fn run(cfg: LoadgenConfig) -> Result<Report, LoadgenError> {
     for index in 0..shards {
         let count = cfg.connections / shards + usize::from(index < cfg.connections % shards);
         let (cfg, ctl) = (cfg.clone(), ctl.clone());
+        let body = match cfg.protocol {
+            Protocol::Msgserver => msgserver::run,
+            _ => shard::run,
+        };
         let t = std::thread::Builder::new()
             .name(format!("loadgen-{index}"))
-            .spawn(move || shard::run(index, shards, count, cfg, ctl))
+            .spawn(move || body(index, shards, count, cfg, ctl))
             .map_err(|e| LoadgenError::Thread(format!("cannot start a shard: {e}")))?;
         threads.push(t);
     }
@@ -420,6 +468,7 @@ pub fn run(cfg: LoadgenConfig) -> Result<Report, LoadgenError> {
         bytes_duplicated: s.bytes_duplicated,
         storm_resumes_per_sec: storm_seconds.map(|secs| s.storm_resumes as f64 / secs.max(1e-9)),
         storm_seconds,
+        repeats_answered: (cfg.protocol == Protocol::Msgserver).then_some(s.repeats_answered),
         errors: s.errors,
     };
     if let Some(path) = &cfg.json {

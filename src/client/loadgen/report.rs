@@ -28,6 +28,7 @@ pub(crate) struct ShardReport {
     pub latency: Histogram<u64>,
     pub bytes_lost: u64,
     pub bytes_duplicated: u64,
+    pub repeats_answered: u64,
     pub errors: BTreeMap<String, u64>,
     pub storm_done: Option<Instant>,
 }
@@ -45,6 +46,7 @@ impl ShardReport {
             latency: new_histogram(),
             bytes_lost: 0,
             bytes_duplicated: 0,
+            repeats_answered: 0,
             errors: BTreeMap::new(),
             storm_done: None,
         }
@@ -88,7 +90,8 @@ pub struct Report {
     pub handshakes_per_sec: f64,
     /// Seconds of the measured run.
     pub measured_seconds: f64,
-    /// Resumes accepted (SCP: answered 200; whole run).
+    /// Resumes accepted (SCP: answered 200; msgserver: reconnects whose
+    /// handshake got `200 OK`; whole run).
     pub resumes_ok: u64,
     /// Resumes refused, by status code (whole run). stable-connection has
     /// no codes: `closed` is a resume the gate closed before answering,
@@ -114,6 +117,10 @@ pub struct Report {
     /// Resumes per second during the storm.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storm_resumes_per_sec: Option<f64>,
+    /// msgserver: requests repeated after a reconnect and answered once,
+    /// with the request's bytes (from the gate's cache, or when ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeats_answered: Option<u64>,
     /// Failures by kind (connect errors, timeouts, broken connections...).
     pub errors: BTreeMap<String, u64>,
 }
@@ -144,6 +151,7 @@ impl Merged {
             let _ = m.latency.add(&p.latency);
             m.bytes_lost += p.bytes_lost;
             m.bytes_duplicated += p.bytes_duplicated;
+            m.repeats_answered += p.repeats_answered;
             add_map(&mut m.errors, &p.errors);
             m.storm_done = match (m.storm_done, p.storm_done) {
                 (Some(a), Some(b)) => Some(a.max(b)),
@@ -211,6 +219,9 @@ impl fmt::Display for Report {
         )?;
         if let (Some(s), Some(r)) = (self.storm_seconds, self.storm_resumes_per_sec) {
             writeln!(f, "storm            all back in {s:.3} s, {r:.0} resumes/s")?;
+        }
+        if let Some(n) = self.repeats_answered {
+            writeln!(f, "repeats          {n} answered once after a reconnect")?;
         }
         writeln!(
             f,

@@ -443,6 +443,8 @@ impl Shard {
                 self.arm_recv(i);
                 self.flush(i);
             }
+            // `run` gives msgserver loads to their own threads.
+            Protocol::Msgserver => unreachable!("msgserver users run outside the io_uring shards"),
             Protocol::StableConnection => {
                 let c = &mut self.conns[i];
                 let resume =
