@@ -2,7 +2,7 @@
 # Puts ringgate beside its baselines in one run, on loopback, and writes a
 # markdown table per scenario to perf/results/<scenario>-<date>.md.
 #
-#   perf/run.sh [echo-small|idle-memory|storm|bulk|relay-baseline|churn|all]
+#   perf/run.sh [echo-small|idle-memory|storm|bulk|relay-baseline|churn|msgserver|all]
 #   OLD=/path/to/old/ringgate perf/run.sh compare [SCENARIO...]
 #
 # Every ratio compares figures measured in the same run of this script.
@@ -14,6 +14,7 @@
 # default, sends the next as soon as the echo is back), CHURN_SHARDS (gate
 # shards, default 8), CHURN_IDLE_RATE (messages per second per idle session,
 # default 0.0001), CHURN_LOG (the gate's RUST_LOG, default warn).
+# msgserver: MSG_USERS (logged-in users, and SCP sessions beside them; default 1000).
 # compare: runs each scenario's gate rows with the gate binary OLD and with the
 # one this tree builds (the load generator and echo server are always this
 # tree's) and writes perf/results/compare-<date>.md; OLD_LABEL names the old
@@ -33,6 +34,7 @@ CHURN_RATE=${CHURN_RATE:-0}
 CHURN_SHARDS=${CHURN_SHARDS:-8}
 CHURN_IDLE_RATE=${CHURN_IDLE_RATE:-0.0001}
 CHURN_LOG=${CHURN_LOG:-warn}
+MSG_USERS=${MSG_USERS:-1000}
 DATE=$(date +%Y%m%d-%H%M%S)
 BIN=target/release/ringgate
 # The `ringgate serve` under test; compare mode points it at each binary in turn.
@@ -54,14 +56,14 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 usage() {
-    echo "usage: $0 [echo-small|idle-memory|storm|bulk|relay-baseline|churn|all]" >&2
+    echo "usage: $0 [echo-small|idle-memory|storm|bulk|relay-baseline|churn|msgserver|all]" >&2
     echo "       OLD=/path/to/old/ringgate $0 compare [echo-small|relay-baseline|idle-memory|storm|churn...]" >&2
     exit 2
 }
 
 COMPARE=()
 case "$SCENARIO" in
-echo-small | idle-memory | storm | bulk | relay-baseline | churn | all) ;;
+echo-small | idle-memory | storm | bulk | relay-baseline | churn | msgserver | all) ;;
 compare)
     shift
     COMPARE=("$@")
@@ -95,6 +97,9 @@ esac
 
 echo "building (release)..."
 cargo build --release --quiet
+if [ "$SCENARIO" = msgserver ] || [ "$SCENARIO" = all ]; then
+    cargo build --release --quiet --example skynet_login
+fi
 mkdir -p perf/results
 
 # ---- helpers ------------------------------------------------------------------
@@ -731,6 +736,61 @@ compare() {
     done
 }
 
+# rss_run OUT.json PORT PID N ARGS... : runs the loadgen with ARGS and samples
+# PID's RSS before and once N connections to PORT are up, in OUT.json.
+rss_run() {
+    local out=$1 port=$2 pid=$3 n=$4
+    shift 4
+    local before after
+    before=$(rss_kb "$pid")
+    loadgen "$out" "$@" &
+    local lg=$!
+    PIDS+=("$lg")
+    for _ in $(seq 600); do
+        [ "$(established "$port")" -ge "$n" ] && break
+        sleep 0.1
+    done
+    sleep 2 # every connection has had requests answered
+    after=$(rss_kb "$pid")
+    wait "$lg"
+    python3 - "$out" "$before" "$after" <<'EOF'
+import json, sys
+path, before, after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+d = json.load(open(path))
+d["rss_before_kib"], d["rss_held_kib"] = before, after
+d["rss_per_user_bytes"] = (after - before) * 1024 / max(d["connections"], 1)
+json.dump(d, open(path, "w"), indent=2)
+EOF
+}
+
+msgserver() {
+    local out="perf/results/msgserver-$DATE.md"
+    header "$out" msgserver
+    local load=(--connections "$MSG_USERS" --size 64 --rate 0 --duration "$DURATION")
+    gate_builtin --max-sessions 1000000
+    rss_run "$TMP/ms-scp.json" "$GATE_PORT" "$GATE_PID" "$MSG_USERS" \
+        --connect "127.0.0.1:$GATE_PORT" --protocol scp "${load[@]}"
+    stop "$GATE_PID"
+    next_port
+    local login=$PORT
+    next_port
+    local gport=$PORT
+    start skynet "$gport" target/release/examples/skynet_login --login "127.0.0.1:$login" \
+        --gate "127.0.0.1:$gport" --shards "$GATE_SHARDS" --delay-ms 0
+    local spid=$LAST_PID
+    wait_port "$login"
+    rss_run "$TMP/ms-msg.json" "$gport" "$spid" "$MSG_USERS" --connect "127.0.0.1:$gport" \
+        --login "127.0.0.1:$login" --protocol msgserver "${load[@]}"
+    # Other user names: a second login of a uid would replace the first.
+    loadgen "$TMP/ms-resume.json" --connect "127.0.0.1:$gport" --login "127.0.0.1:$login" \
+        --protocol msgserver --user-prefix resume "${load[@]}" --resume-every 10
+    stop "$spid"
+    COLUMNS="connections:users:-,msgs_per_sec:requests/s:up,latency_us.p50:p50 µs:down,latency_us.p99:p99 µs:down,rss_per_user_bytes:RSS per user (bytes):down,resumes_ok:reconnects:-,repeats_answered:repeats answered once:-,bytes_lost:bytes lost:-,bytes_duplicated:bytes dup:-" \
+        table "$out" "msgserver: $MSG_USERS logged-in skynet users beside $MSG_USERS SCP sessions, 64-byte payloads, next request when the answer returns" \
+        "Baseline: \`ringgate serve\` with its built-in echo, SCP (the io_uring load generator). msgserver: \`examples/skynet_login\` (agent delay 0) loaded by \`loadgen --protocol msgserver\`, which drives blocking clients with one request in flight per user, so its requests/s are bounded by the client as much as by the gate. RSS per user: gate RSS once every connection is up, minus before, ÷ connections (for msgserver it includes the login state and the response cache). The last row reconnects every 10 answers and repeats the unanswered session; its users are logged in beside the previous row's, so its RSS is not sampled." \
+        "ringgate serve, SCP, built-in echo=$TMP/ms-scp.json" "skynet_login, msgserver=$TMP/ms-msg.json" "skynet_login, msgserver, reconnect every 10=$TMP/ms-resume.json"
+}
+
 run() {
     echo "== $1"
     "$2"
@@ -743,6 +803,7 @@ storm) run storm storm ;;
 bulk) run bulk bulk ;;
 relay-baseline) run relay-baseline relay_baseline ;;
 churn) run churn churn ;;
+msgserver) run msgserver msgserver ;;
 compare) compare ;;
 all)
     run echo-small echo_small
@@ -751,6 +812,7 @@ all)
     run bulk bulk
     run relay-baseline relay_baseline
     run churn churn
+    run msgserver msgserver
     ;;
 esac
 echo "results in perf/results/"
