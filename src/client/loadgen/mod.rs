@@ -16,7 +16,7 @@
 //! received, and the server resends after the client's count); or plain TCP.
 //!
 //! `--protocol msgserver` loads skynet's login server and msgserver gate
-//! ([`crate::gate::skynet`]) on another client path: threads driving the
+//! (as the gate's `skynet` module serves them) on another client path: threads driving the
 //! blocking [`crate::client::skynet::SkynetClient`], one request in flight
 //! per user, each answer verified and each repeat after a reconnect checked
 //! to be answered once. It reuses the phases and the report; see its module.
