@@ -1,8 +1,8 @@
 //! The gate's counters.
 //!
-//! Each shard writes only its own [`ShardStats`] (relaxed increments on a
+//! Each shard writes only its own `ShardStats` (relaxed increments on a
 //! cache line no other writer touches); readers sum the shards when they
-//! look ([`Stats`], [`ShardSnapshot`], [`HostSnapshot`]), so counting costs
+//! look ([`super::Stats`], [`ShardSnapshot`], [`HostSnapshot`]), so counting costs
 //! the data path no shared cache line.
 
 use super::session::CloseReason;

@@ -1,5 +1,5 @@
-//! `ringgate loadgen`: a load generator that holds very many SCP (or plain)
-//! sessions, resumes them, checks every echoed byte and measures latency.
+//! `ringgate loadgen`: a load generator that holds very many SCP,
+//! stable-connection, plain or msgserver sessions, resumes them, checks every echoed byte and measures latency.
 //!
 //! It is the client side of [`crate::proto`] on the same kind of engine as
 //! the gate: shards (threads), each one io_uring with its sockets as direct
