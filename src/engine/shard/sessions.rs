@@ -88,19 +88,7 @@ impl Shard {
         flag: i32,
         mut rest: Vec<u8>,
     ) {
-        if self.draining() {
-            self.count(|s| &s.new_refused_draining);
-            self.fail_greeting(ci, "draining: new sessions refused", Vec::new());
-            return;
-        }
-        if self.sessions.len() >= self.max_sessions_here() {
-            self.warn_limit("max_sessions reached: new sessions are being refused");
-            self.fail_greeting(ci, "session limit reached", Vec::new());
-            return;
-        }
-        let by_id = &self.by_id;
-        let Some(id) = self.ids.next(|id| by_id.contains_key(&id)) else {
-            self.fail_greeting(ci, "no free session id", Vec::new());
+        let Some(id) = self.admit_new_session(ci) else {
             return;
         };
         let random: u64 = self.rng.random();
@@ -120,6 +108,28 @@ impl Shard {
             self.sessions[si].relay.handle_client_bytes(&mut rest);
         }
         self.sync(si);
+    }
+
+    /// Whether connection `ci` may open a new session (not draining, under
+    /// `max_sessions`, an id free), and its id; otherwise the greeting fails
+    /// and the connection closes.
+    pub(super) fn admit_new_session(&mut self, ci: usize) -> Option<u32> {
+        if self.draining() {
+            self.count(|s| &s.new_refused_draining);
+            self.fail_greeting(ci, "draining: new sessions refused", Vec::new());
+            return None;
+        }
+        if self.sessions.len() >= self.max_sessions_here() {
+            self.warn_limit("max_sessions reached: new sessions are being refused");
+            self.fail_greeting(ci, "session limit reached", Vec::new());
+            return None;
+        }
+        let by_id = &self.by_id;
+        let id = self.ids.next(|id| by_id.contains_key(&id));
+        if id.is_none() {
+            self.fail_greeting(ci, "no free session id", Vec::new());
+        }
+        id
     }
 
     pub(super) fn open_plain_session(&mut self, ci: usize) {

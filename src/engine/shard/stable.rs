@@ -115,19 +115,7 @@ impl Shard {
 
     /// A new stable-connection session whose client proved the secret.
     fn new_stable_session(&mut self, ci: usize, secret: u64, mut rest: Vec<u8>) {
-        if self.draining() {
-            self.count(|s| &s.new_refused_draining);
-            self.fail_greeting(ci, "draining: new sessions refused", Vec::new());
-            return;
-        }
-        if self.sessions.len() >= self.max_sessions_here() {
-            self.warn_limit("max_sessions reached: new sessions are being refused");
-            self.fail_greeting(ci, "session limit reached", Vec::new());
-            return;
-        }
-        let by_id = &self.by_id;
-        let Some(id) = self.ids.next(|id| by_id.contains_key(&id)) else {
-            self.fail_greeting(ci, "no free session id", Vec::new());
+        let Some(id) = self.admit_new_session(ci) else {
             return;
         };
         self.end_greeting(ci);
