@@ -139,6 +139,7 @@ fn run(what: &str, cfg: engine::Config, ops: Option<Ops>) -> ExitCode {
         &[SIGINT, SIGTERM]
     };
     let signals = signal_hook::iterator::Signals::new(watched);
+    let doors: Vec<engine::Door> = cfg.doors.iter().map(|(_, door)| *door).collect();
     let gate = match Gate::start(cfg) {
         Ok(g) => g,
         Err(e) => {
@@ -172,8 +173,8 @@ fn run(what: &str, cfg: engine::Config, ops: Option<Ops>) -> ExitCode {
         gate.local_addr(),
         gate.shards()
     );
-    for addr in gate.door_addrs() {
-        println!("ringgate {what}: stable-connection clients on {addr}");
+    for (addr, door) in gate.door_addrs().iter().zip(&doors) {
+        println!("ringgate {what}: {door} clients on {addr}");
     }
     let stopper = gate.stopper();
     match signals {
