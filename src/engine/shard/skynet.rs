@@ -19,7 +19,6 @@ use crate::proto::skynet::gate::{
 };
 use crate::proto::skynet::login::{LoginEvent, LoginServer};
 use crate::proto::skynet::packet::{self, HandshakeFields};
-use crossbeam_channel::TrySendError;
 use rand::Rng;
 use std::collections::VecDeque;
 
@@ -65,22 +64,10 @@ fn conn_of(id: u64) -> (usize, u32) {
     ((id >> 32) as usize, id as u32)
 }
 
-/// Offers an event to its worker's queue; gives it back when the queue is
-/// full, after asking the worker to wake the shards once it takes one.
+/// Offers an event to its user's worker queue (see [`super::workers::offer`]).
 fn offer(hub: &SkynetHub, ev: SkynetEvent) -> Result<(), SkynetEvent> {
     let w = hub.worker_of(ev.user());
-    let (tx, wanted) = (&hub.senders[w], &hub.wanted[w]);
-    match tx.try_send(ev) {
-        // A dropped receiver: the application no longer listens.
-        Ok(()) | Err(TrySendError::Disconnected(_)) => Ok(()),
-        Err(TrySendError::Full(ev)) => {
-            wanted.store(true, Ordering::SeqCst);
-            match tx.try_send(ev) {
-                Ok(()) | Err(TrySendError::Disconnected(_)) => Ok(()),
-                Err(TrySendError::Full(ev)) => Err(ev),
-            }
-        }
-    }
+    super::workers::offer(&hub.senders[w], &hub.wanted[w], ev)
 }
 
 impl Shard {

@@ -15,11 +15,12 @@ use std::sync::atomic::AtomicBool;
 /// Offers an event to a worker queue; gives it back when the queue is full,
 /// after asking the worker (`wanted`) to wake the shards once it takes one.
 /// Asking before the second try means a drain between the tries is not missed.
-fn offer(
-    tx: &crossbeam_channel::Sender<Event>,
+/// Shared by embedded mode and the skynet doors.
+pub(super) fn offer<E>(
+    tx: &crossbeam_channel::Sender<E>,
     wanted: &AtomicBool,
-    ev: Event,
-) -> Result<(), Event> {
+    ev: E,
+) -> Result<(), E> {
     match tx.try_send(ev) {
         // A dropped receiver: the application no longer listens.
         Ok(()) | Err(TrySendError::Disconnected(_)) => Ok(()),
