@@ -99,6 +99,15 @@ pub struct ServeArgs {
     /// An origin allowed to open a WebSocket; repeat for several. Replaces the file's [default: any].
     #[arg(long = "ws-origin", value_name = "ORIGIN")]
     pub ws_origins: Vec<String>,
+    /// Also listen here for WebSocket clients over TLS (wss://), with the same mode, path and origins as --ws; needs --tls-cert and --tls-key [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub wss: Option<SocketAddr>,
+    /// PEM certificate chain (leaf first) of the wss listener; read again on reload.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the wss listener; read again on reload.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn parse_ws_mode(s: &str) -> Result<crate::config::WsMode, String> {
@@ -161,6 +170,15 @@ impl ServeArgs {
         }
         if !self.ws_origins.is_empty() {
             cfg.websocket.origins = self.ws_origins.clone();
+        }
+        if let Some(addr) = self.wss {
+            cfg.websocket.tls.listen = Some(addr);
+        }
+        if let Some(path) = &self.tls_cert {
+            cfg.websocket.tls.cert = Some(path.clone());
+        }
+        if let Some(path) = &self.tls_key {
+            cfg.websocket.tls.key = Some(path.clone());
         }
         cfg.validate()?;
         Ok(cfg)

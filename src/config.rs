@@ -156,6 +156,28 @@ pub struct WebSocketConfig {
     pub max_message: usize,
     /// Largest upgrade request; larger is answered 431. Default 8192.
     pub max_request: usize,
+    /// A second listener for the same WebSockets over TLS (`wss://`).
+    pub tls: WssConfig,
+}
+
+/// The WebSocket listener over TLS (`[websocket.tls]`): same mode, path,
+/// origins and limits as `[websocket]`, with a certificate. Off unless an
+/// address is given. The certificate and key are read again on every
+/// reload (SIGHUP, `POST /reload`): new connections get the new ones, open
+/// connections keep theirs, and files that do not load refuse the reload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WssConfig {
+    /// Address of the listener. Default: none (off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// PEM file with the certificate chain, leaf first (relative paths
+    /// are from the working directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
 }
 
 impl Default for WebSocketConfig {
@@ -168,6 +190,7 @@ impl Default for WebSocketConfig {
             origins: s.origins,
             max_message: s.max_message,
             max_request: s.max_request,
+            tls: WssConfig::default(),
         }
     }
 }
@@ -603,6 +626,24 @@ impl ServeConfig {
                     "websocket.listen must be another address than listen and stable: one listener speaks one dialect",
                 ));
             }
+        }
+        if let Some(wss) = self.websocket.tls.listen {
+            // Port 0 asks for a free port of its own: never the same listener.
+            let same = |other: Option<SocketAddr>| other == Some(wss) && wss.port() != 0;
+            if same(Some(self.listen)) || same(self.stable) || same(self.websocket.listen) {
+                return Err(invalid(
+                    "websocket.tls.listen must be another address than listen, stable and websocket.listen: one listener speaks one dialect",
+                ));
+            }
+            if self.websocket.tls.cert.is_none() || self.websocket.tls.key.is_none() {
+                return Err(invalid(
+                    "websocket.tls.listen needs websocket.tls.cert and websocket.tls.key (--tls-cert, --tls-key)",
+                ));
+            }
+        } else if self.websocket.tls.cert.is_some() || self.websocket.tls.key.is_some() {
+            return Err(invalid(
+                "websocket.tls.cert and key are set but websocket.tls.listen (--wss) is not",
+            ));
         }
         if !self.websocket.path.starts_with('/') {
             return Err(invalid("websocket.path must start with `/`"));
@@ -1142,6 +1183,35 @@ impl ServeConfig {
         }
     }
 
+    /// The TLS door's certificate and key, read from their files, when it
+    /// has one.
+    pub fn tls_server_config(
+        &self,
+    ) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, ConfigError> {
+        let t = &self.websocket.tls;
+        let (Some(_), Some(cert), Some(key)) = (t.listen, &t.cert, &t.key) else {
+            return Ok(None);
+        };
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).map_err(|e| {
+                invalid(format!(
+                    "websocket.tls.{what}: cannot read {}: {e}",
+                    path.display()
+                ))
+            })
+        };
+        let (cert_pem, key_pem) = (read(cert, "cert")?, read(key, "key")?);
+        crate::proto::tls::server_config(&cert_pem, &key_pem)
+            .map(Some)
+            .map_err(|e| {
+                invalid(format!(
+                    "websocket.tls ({}, {}): {e}",
+                    cert.display(),
+                    key.display()
+                ))
+            })
+    }
+
     /// The engine settings, and in proxy mode the proxy whose hosts a
     /// reload can replace.
     #[allow(clippy::type_complexity)]
@@ -1186,8 +1256,17 @@ impl ServeConfig {
                         .listen
                         .map(|a| (a, crate::engine::Door::Ws(self.websocket.mode))),
                 )
+                .chain(
+                    self.websocket
+                        .tls
+                        .listen
+                        .map(|a| (a, crate::engine::Door::Wss(self.websocket.mode))),
+                )
                 .collect(),
             ws: self.websocket.settings(),
+            tls: self
+                .tls_server_config()?
+                .map(crate::engine::ws::TlsKeys::new),
             backend,
             ..crate::engine::Config::default()
         };

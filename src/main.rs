@@ -140,6 +140,7 @@ fn run(what: &str, cfg: engine::Config, ops: Option<Ops>) -> ExitCode {
     };
     let signals = signal_hook::iterator::Signals::new(watched);
     let doors: Vec<engine::Door> = cfg.doors.iter().map(|(_, door)| *door).collect();
+    let tls = cfg.tls.clone();
     let gate = match Gate::start(cfg) {
         Ok(g) => g,
         Err(e) => {
@@ -149,13 +150,16 @@ fn run(what: &str, cfg: engine::Config, ops: Option<Ops>) -> ExitCode {
     };
     let mut admin_note = String::new();
     let admin = ops.map(|ops| {
-        let admin = std::sync::Arc::new(Admin::new(
-            gate.control(),
-            ops.proxy,
-            ops.settings,
-            ops.goscon,
-            ops.reread,
-        ));
+        let admin = std::sync::Arc::new(
+            Admin::new(
+                gate.control(),
+                ops.proxy,
+                ops.settings,
+                ops.goscon,
+                ops.reread,
+            )
+            .with_tls(tls),
+        );
         if let Some(listener) = ops.listener {
             let at = listener
                 .local_addr()

@@ -17,14 +17,18 @@
 //! `upstream.connect_timeout` (for sessions that start afterwards: live
 //! sessions keep their upstreams), and `handshake_timeout`, `reuse_time`,
 //! `idle_timeout`, `max_sessions`, `max_pending_handshakes` (at once, for
-//! timers already running too). Everything else is read when the gate
-//! starts; a reload that changes it says so and leaves it as it is.
+//! timers already running too), and the wss listener's certificate and key
+//! (read from their files again on every reload: new connections get them,
+//! open ones keep theirs; files that do not load refuse the whole reload).
+//! Everything else is read when the gate starts; a reload that changes it
+//! says so and leaves it as it is.
 
 pub mod http;
 pub mod metrics;
 
 use crate::config::{ConfigError, ServeConfig};
 use crate::engine::Control;
+use crate::engine::ws::TlsKeys;
 use crate::gate::ReloadableProxy;
 use http::{Request, Response};
 use prometheus_client::registry::Registry;
@@ -81,6 +85,8 @@ pub struct Admin {
     goscon: bool,
     reread: Reread,
     registry: Registry,
+    /// The wss listener's certificate, if the gate has one.
+    tls: Option<Arc<TlsKeys>>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -110,7 +116,15 @@ impl Admin {
             goscon,
             reread,
             registry,
+            tls: None,
         }
+    }
+
+    /// Reloads also replace `tls`, the certificate the gate's wss listener
+    /// serves (see [`crate::engine::Config::tls`]).
+    pub fn with_tls(mut self, tls: Option<Arc<TlsKeys>>) -> Admin {
+        self.tls = tls;
+        self
     }
 
     /// The settings in force.
@@ -128,6 +142,12 @@ impl Admin {
     /// that does not resolve, changes nothing.
     pub fn reload(&self) -> Result<ReloadReport, ConfigError> {
         let new = (self.reread)()?;
+        // Read before anything is applied: a certificate that does not
+        // load refuses the whole reload.
+        let certificate = match &self.tls {
+            Some(_) => new.tls_server_config()?,
+            None => None,
+        };
         let mut current = self.lock();
         let old = current.clone();
         let mut report = ReloadReport {
@@ -152,6 +172,13 @@ impl Admin {
         restart_only!(plain, "plain");
         restart_only!(upstream.net, "upstream.net");
         restart_only!(admin, "admin.listen");
+        restart_only!(websocket.listen, "websocket.listen");
+        restart_only!(websocket.mode, "websocket.mode");
+        restart_only!(websocket.path, "websocket.path");
+        restart_only!(websocket.origins, "websocket.origins");
+        restart_only!(websocket.max_message, "websocket.max_message");
+        restart_only!(websocket.max_request, "websocket.max_request");
+        restart_only!(websocket.tls.listen, "websocket.tls.listen");
 
         // Hosts, resolv, announce and the connect timeout travel together
         // in the proxy.
@@ -191,6 +218,14 @@ impl Admin {
             if new.upstream.connect_timeout != old.upstream.connect_timeout {
                 report.applied.push("upstream.connect_timeout");
             }
+        }
+        if let (Some(keys), Some(certificate)) = (&self.tls, certificate) {
+            keys.replace(certificate);
+            current.websocket.tls.cert = new.websocket.tls.cert.clone();
+            current.websocket.tls.key = new.websocket.tls.key.clone();
+            report
+                .applied
+                .push("websocket.tls.cert and key (read again)");
         }
         let (was, now) = (old.limits(), new.limits());
         if was != now {

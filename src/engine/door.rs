@@ -63,6 +63,9 @@ pub enum Door {
     Stable,
     /// A WebSocket (see [`super::ws`]), carrying packets or SCP.
     Ws(super::ws::WsMode),
+    /// A WebSocket over TLS (`wss://`), with the gate's certificate
+    /// ([`Config::tls`](super::Config)); otherwise as [`Door::Ws`].
+    Wss(super::ws::WsMode),
     /// skynet's login server (see [`super::skynet`]).
     SkynetLogin,
     /// skynet's msgserver gate (see [`super::skynet`]).
@@ -80,6 +83,19 @@ impl Door {
     pub fn is_skynet(self) -> bool {
         matches!(self, Door::SkynetLogin | Door::MsgServer)
     }
+
+    /// What a WebSocket door's messages carry (`None`: not a WebSocket).
+    pub fn ws_mode(self) -> Option<super::ws::WsMode> {
+        match self {
+            Door::Ws(m) | Door::Wss(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Whether connections through this door speak TLS first.
+    pub fn tls(self) -> bool {
+        matches!(self, Door::Wss(_))
+    }
 }
 
 impl std::fmt::Display for Door {
@@ -90,6 +106,8 @@ impl std::fmt::Display for Door {
             Door::Stable => "stable-connection",
             Door::Ws(super::ws::WsMode::Packets) => "websocket-packets",
             Door::Ws(super::ws::WsMode::Scp) => "websocket-scp",
+            Door::Wss(super::ws::WsMode::Packets) => "websocket-tls-packets",
+            Door::Wss(super::ws::WsMode::Scp) => "websocket-tls-scp",
             Door::SkynetLogin => "skynet-login",
             Door::MsgServer => "msgserver",
         })
@@ -130,7 +148,9 @@ impl DoorGreeting {
             // bytes, in packets mode it only marks the connection as
             // greeting until the upgrade is done (handshake timeout, limit
             // of pending handshakes).
-            Door::Scp | Door::Plain | Door::Ws(_) => DoorGreeting::Scp(Greeting::default()),
+            Door::Scp | Door::Plain | Door::Ws(_) | Door::Wss(_) => {
+                DoorGreeting::Scp(Greeting::default())
+            }
         }
     }
 

@@ -107,8 +107,11 @@ pub struct Config {
     pub pin_threads: bool,
     /// What sessions are connected to.
     pub backend: Backend,
-    /// The settings of WebSocket doors ([`Door::Ws`]).
+    /// The settings of WebSocket doors ([`Door::Ws`], [`Door::Wss`]).
     pub ws: crate::proto::ws::WsSettings,
+    /// The certificate of TLS doors ([`Door::Wss`]); required when there
+    /// is one. A reload may replace it ([`ws::TlsKeys::replace`]).
+    pub tls: Option<Arc<ws::TlsKeys>>,
     /// The dialect of `listen` when it is not SCP or plain (a skynet door);
     /// `None`: as `scp` says.
     pub listen_door: Option<door::Door>,
@@ -161,6 +164,7 @@ impl Default for Config {
             pin_threads: true,
             backend: Backend::Echo,
             ws: crate::proto::ws::WsSettings::default(),
+            tls: None,
             listen_door: None,
             skynet: None,
         }
@@ -227,6 +231,8 @@ pub(crate) struct Handoff {
     /// A WebSocket connection's state (its upgrade is done; `bytes` are
     /// message payload).
     ws: Option<Box<crate::proto::ws::WsConn>>,
+    /// A TLS connection's state (records not yet read, keys).
+    tls: Option<Box<shard::TlsConn>>,
 }
 
 pub(crate) struct ShardLink {
@@ -436,6 +442,11 @@ impl Gate {
         let wanted: Vec<(SocketAddr, door::Door)> = std::iter::once((cfg.listen, primary))
             .chain(cfg.doors.iter().copied())
             .collect();
+        if cfg.tls.is_none() && wanted.iter().any(|(_, d)| d.tls()) {
+            return Err(SetupError::Other(
+                "a TLS door needs a certificate (Config::tls)".into(),
+            ));
+        }
         if cfg.skynet.is_none() && wanted.iter().any(|(_, d)| d.is_skynet()) {
             return Err(SetupError::Other(
                 "a skynet door needs the skynet settings (Config::skynet)".into(),

@@ -51,8 +51,14 @@ pub mod code {
     pub const UNSUPPORTED: u16 = 1003;
     /// Data inconsistent with its type (a close reason that is not UTF-8).
     pub const INVALID: u16 = 1007;
+    /// A rule of the endpoint was broken (a session kicked).
+    pub const POLICY: u16 = 1008;
     /// A message too big to process.
     pub const TOO_BIG: u16 = 1009;
+    /// The server cannot take the connection now (a limit): try later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The server is a gateway and its upstream failed.
+    pub const BAD_GATEWAY: u16 = 1014;
 }
 
 /// The settings of a WebSocket listener.
@@ -610,6 +616,12 @@ impl WsConn {
     /// Queues a close frame with `code` (once): nothing is read after it
     /// and no message starts after it.
     pub fn close(&mut self, code: u16) {
+        self.close_with(code, "");
+    }
+
+    /// [`close`](Self::close) with a reason for the client (cut to the
+    /// 123 bytes a close frame has room for, at a character boundary).
+    pub fn close_with(&mut self, code: u16, reason: &str) {
         if self.closing {
             return;
         }
@@ -621,8 +633,13 @@ impl WsConn {
             // There is no WebSocket to close yet.
             return;
         }
-        encode_header(CLOSE, 2, &mut self.queued);
+        let mut cut = reason.len().min(MAX_CONTROL - 2);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        encode_header(CLOSE, 2 + cut, &mut self.queued);
         self.queued.extend_from_slice(&code.to_be_bytes());
+        self.queued.extend_from_slice(&reason.as_bytes()[..cut]);
     }
 
     /// Queues `payload` as one binary message (a handshake answer that

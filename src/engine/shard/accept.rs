@@ -120,8 +120,11 @@ impl Shard {
             ConnState::Opening
         };
         let ci = self.new_conn(slot, None, door, state);
-        if let Door::Ws(mode) = door {
+        if let Some(mode) = door.ws_mode() {
             self.ws_accepted(ci, mode);
+            if door.tls() && !self.tls_accepted(ci) {
+                return;
+            }
         }
         self.skynet_accepted(ci);
         // Reading starts once the peer address is known, so that a session
@@ -153,6 +156,7 @@ impl Shard {
             sending_session: false,
             last_rx: Instant::now(),
             ws: None,
+            tls: None,
         });
         let now = Instant::now();
         let timer = crate::engine::timer::Entry { index: ci, epoch };

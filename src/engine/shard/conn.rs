@@ -47,7 +47,9 @@ impl Shard {
     }
 
     fn client_data(&mut self, ci: usize, data: &mut [u8]) {
-        if self.conns[ci].ws.is_some() {
+        if self.conns[ci].tls.is_some() {
+            self.tls_data(ci, data);
+        } else if self.conns[ci].ws.is_some() {
             self.ws_data(ci, data);
         } else {
             self.client_stream(ci, data);
@@ -194,7 +196,9 @@ impl Shard {
             ConnState::HandingOff { .. } | ConnState::Opening | ConnState::Finishing => 0,
         };
         if let ConnState::HandingOff { .. } = conn.state {
-            if !conn.ep.stop_recv(&mut self.d) {
+            // What is in flight ends here first: nothing may be written
+            // on the connection by two shards at once.
+            if !conn.ep.stop_recv(&mut self.d) && !conn.ep.sending() {
                 self.send_handoff(ci);
             }
             return;

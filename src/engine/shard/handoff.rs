@@ -56,6 +56,7 @@ impl Shard {
             hops,
             bytes: std::mem::take(raw),
             ws: conn.ws.take(),
+            tls: conn.tls.take(),
         });
         let e = opcode::MsgRingSendFd::new(
             types::Fd(ring_fd),
@@ -92,7 +93,7 @@ impl Shard {
     fn refuse_handoff(&mut self, ci: usize) {
         let conn = &self.conns[ci];
         let scp = conn.door == Door::Scp
-            || conn.door == Door::Ws(crate::engine::ws::WsMode::Scp) && conn.ws.is_some();
+            || conn.door.ws_mode() == Some(crate::engine::ws::WsMode::Scp) && conn.ws.is_some();
         if scp {
             self.finish_with(ci, b"0\n501");
         } else {
@@ -148,6 +149,7 @@ impl Shard {
             ConnState::Greeting(Box::new(greeting)),
         );
         self.conns[ci].ws = h.ws;
+        self.conns[ci].tls = h.tls;
         let mut bytes = h.bytes;
         self.greet(ci, &mut bytes);
         match self.attached(ci) {

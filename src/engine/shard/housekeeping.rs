@@ -27,12 +27,17 @@ impl Shard {
         self.apply_limits();
         let now = Instant::now();
         while let Some(e) = self.hs_timers.pop_expired(now) {
-            let stalled = self
-                .conns
-                .get(e.index)
-                .is_some_and(|c| c.epoch == e.epoch && matches!(c.state, ConnState::Greeting(_)));
-            if stalled {
-                self.client_gone(e.index, "handshake timeout");
+            // A greeting that did not finish in time, or a WebSocket whose
+            // close frame could not be sent in as long.
+            let stalled = match self.conns.get(e.index).filter(|c| c.epoch == e.epoch) {
+                Some(c) if matches!(c.state, ConnState::Greeting(_)) => Some("handshake timeout"),
+                Some(c) if matches!(c.state, ConnState::Finishing) => {
+                    Some("closing took longer than the handshake timeout")
+                }
+                _ => None,
+            };
+            if let Some(why) = stalled {
+                self.client_gone(e.index, why);
             }
         }
         while let Some(e) = self.reuse_timers.pop_expired(now) {
@@ -60,7 +65,7 @@ impl Shard {
                 };
                 if now.duration_since(c.last_rx) >= idle.duration() && !held {
                     let si = self.attached(e.index);
-                    self.client_gone(e.index, "idle timeout");
+                    self.dismiss_conn(e.index, crate::proto::ws::code::GOING_AWAY, "idle timeout");
                     if let Some(si) = si {
                         self.sync(si);
                     }
@@ -116,7 +121,14 @@ impl Shard {
             self.close_session(si, CloseReason::Shutdown);
             self.sync(si);
         }
-        let conns: Vec<usize> = self.conns.iter().map(|(i, _)| i).collect();
+        // WebSockets sending their close frame finish by themselves (the
+        // grace period bounds them).
+        let conns: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !(matches!(c.state, ConnState::Finishing) && c.ws.is_some()))
+            .map(|(i, _)| i)
+            .collect();
         for ci in conns {
             self.client_gone(ci, "shutdown");
         }

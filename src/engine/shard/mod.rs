@@ -20,6 +20,7 @@ mod housekeeping;
 mod sessions;
 mod skynet;
 mod stable;
+mod tls;
 mod upstream;
 mod workers;
 mod ws;
@@ -45,6 +46,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 pub use super::CloseReason;
+pub(crate) use tls::TlsConn;
 
 /// Listen backlog: also the largest burst one multishot accept can deliver
 /// before the shard looks at its table again.
@@ -159,6 +161,8 @@ struct Conn {
     last_rx: Instant,
     /// A WebSocket door's connection: its upgrade and frames.
     ws: Option<Box<crate::proto::ws::WsConn>>,
+    /// A TLS door's connection: its TLS stage, below the WebSocket.
+    tls: Option<Box<TlsConn>>,
 }
 
 /// How an upstream link is coming along.
@@ -278,6 +282,9 @@ pub struct Shard {
     worker_waiting: Vec<(usize, u32)>,
     /// The skynet doors' users and connections, when the gate has them.
     skynet: Option<Box<skynet::SkynetShard>>,
+    /// Plaintext of TLS connections, decrypted here between a receive and
+    /// the WebSocket that reads it (kept to reuse its memory).
+    tls_plain: Vec<u8>,
 }
 
 /// A peer address for log lines: the address, or `?` when the kernel did
@@ -370,6 +377,7 @@ impl Shard {
             log_second: None,
             log_lines: 0,
             log_skipped: 0,
+            tls_plain: Vec::new(),
         })
     }
 

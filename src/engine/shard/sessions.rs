@@ -114,13 +114,16 @@ impl Shard {
     /// `max_sessions`, an id free), and its id; otherwise the greeting fails
     /// and the connection closes.
     pub(super) fn admit_new_session(&mut self, ci: usize) -> Option<u32> {
+        use crate::proto::ws::code;
         if self.draining() {
             self.count(|s| &s.new_refused_draining);
+            self.ws_refuse(ci, code::GOING_AWAY, "draining: new sessions refused");
             self.fail_greeting(ci, "draining: new sessions refused", Vec::new());
             return None;
         }
         if self.sessions.len() >= self.max_sessions_here() {
             self.warn_limit("max_sessions reached: new sessions are being refused");
+            self.ws_refuse(ci, code::TRY_AGAIN_LATER, "session limit reached");
             self.fail_greeting(ci, "session limit reached", Vec::new());
             return None;
         }
@@ -181,7 +184,11 @@ impl Shard {
                 session = req.id,
                 "resume takes over a live connection"
             );
-            self.close_conn(old);
+            self.dismiss_conn(
+                old,
+                crate::proto::ws::code::NORMAL,
+                "session resumed on another connection",
+            );
         } else {
             self.uncount(|s| &s.detached);
         }
@@ -279,7 +286,7 @@ impl Shard {
             }
         }
         if let Some(ci) = conn {
-            self.end_conn(ci);
+            self.end_conn(ci, reason);
         }
         self.close_up(si);
         self.reindex(si);

@@ -11,7 +11,7 @@
 
 use super::*;
 use crate::engine::ring::Owned;
-use crate::engine::ws::WsMode;
+use crate::engine::ws::{WsMode, close_code};
 use crate::proto::ws::{Ended, WsConn, code};
 
 /// Most payload bytes one send carries.
@@ -33,7 +33,7 @@ impl Shard {
         let read = ws.handle_bytes(data, &self.cfg.ws);
         if read.upgraded {
             debug!(shard = self.index, peer = %Addr(conn.peer), door = %conn.door, "websocket upgraded");
-            if conn.door == Door::Ws(WsMode::Packets) {
+            if conn.door.ws_mode() == Some(WsMode::Packets) {
                 self.open_ws_packets(ci);
             }
         }
@@ -56,21 +56,29 @@ impl Shard {
         self.end_greeting(ci);
         let refusal = if self.draining() {
             self.count(|s| &s.new_refused_draining);
-            Some("draining: new sessions refused")
+            Some((code::GOING_AWAY, "draining: new sessions refused"))
         } else if self.sessions.len() >= self.max_sessions_here() {
             self.warn_limit("max_sessions reached: new sessions are being refused");
-            Some("session limit reached")
+            Some((code::TRY_AGAIN_LATER, "session limit reached"))
         } else {
             None
         };
-        if let Some(why) = refusal {
+        if let Some((code, why)) = refusal {
             debug!(shard = self.index, peer = %Addr(self.conns[ci].peer), "websocket refused: {why}");
             if let Some(ws) = self.conns[ci].ws.as_mut() {
-                ws.close(code::GOING_AWAY);
+                ws.close_with(code, why);
             }
             return;
         }
         self.open_plain_session(ci);
+    }
+
+    /// A new session refused on a WebSocket connection says why in its
+    /// close frame (an SCP client also gets no answer record).
+    pub(super) fn ws_refuse(&mut self, ci: usize, code: u16, why: &str) {
+        if let Some(ws) = self.conns.get_mut(ci).and_then(|c| c.ws.as_mut()) {
+            ws.close_with(code, why);
+        }
     }
 
     /// The WebSocket ended (refused, failed or closed by the client): its
@@ -92,31 +100,76 @@ impl Shard {
         }
     }
 
-    /// Closes connection `ci` for a session that ended: a WebSocket says
-    /// so with a close frame first.
-    pub(super) fn end_conn(&mut self, ci: usize) {
+    /// Closes connection `ci` for a session that ended for `reason`: a
+    /// WebSocket says so with a close frame first ([`close_code`]).
+    pub(super) fn end_conn(&mut self, ci: usize, reason: CloseReason) {
+        let (code, why) = close_code(reason);
+        if !self.finish_ws(ci, code, why) {
+            self.close_conn(ci);
+        }
+    }
+
+    /// The gate lets go of connection `ci` (idle too long, or its session
+    /// moved to a newer connection): its session, if it still has it,
+    /// loses it; an open WebSocket gets a close frame with `code` first,
+    /// anything else is closed at once.
+    pub(super) fn dismiss_conn(&mut self, ci: usize, code: u16, why: &str) {
         let Some(conn) = self.conns.get_mut(ci) else {
             return;
         };
+        if !conn.ws.as_ref().is_some_and(|w| w.is_open()) {
+            self.client_gone(ci, why);
+            return;
+        }
+        debug!(shard = self.index, peer = %Addr(conn.peer), "closing websocket with {code}: {why}");
+        match std::mem::replace(&mut conn.state, ConnState::Finishing) {
+            ConnState::Greeting(_) => {
+                self.greeting -= 1;
+                self.count(|s| &s.handshake_failed);
+            }
+            ConnState::Attached(si, sg) => self.detach(si, sg, ci, why),
+            _ => {}
+        }
+        self.finish_ws(ci, code, why);
+    }
+
+    /// If connection `ci` is an open WebSocket: queues its close frame,
+    /// sends what is left and then closes it (within the handshake
+    /// timeout, whatever the client does). False if it is not one.
+    fn finish_ws(&mut self, ci: usize, code: u16, why: &str) -> bool {
+        let Some(conn) = self.conns.get_mut(ci) else {
+            return true;
+        };
         match conn.ws.as_mut() {
             Some(ws) if ws.is_open() => {
-                ws.close(code::GOING_AWAY);
+                ws.close_with(code, why);
                 conn.state = ConnState::Finishing;
+                let timer = crate::engine::timer::Entry {
+                    index: ci,
+                    epoch: conn.epoch,
+                };
+                self.hs_timers.push(Instant::now(), timer);
                 self.sync_conn(ci);
+                true
             }
-            _ => self.close_conn(ci),
+            _ => false,
         }
     }
 
     /// Sends what a WebSocket connection has: queued wire bytes, an answer
-    /// as a message, session bytes framed; closes it once it is finishing
-    /// and everything went out.
+    /// as a message, session bytes framed (and, through a TLS door,
+    /// sealed); closes it once it is finishing and everything went out.
     pub(super) fn ws_send(&mut self, ci: usize) {
+        if self.tls_backlog(ci) {
+            self.tls_send(ci, &[], 0, false);
+            return;
+        }
         let Shard {
             d, sessions, conns, ..
         } = self;
         let conn = &mut conns[ci];
         let epoch = conn.epoch;
+        let tls = conn.tls.is_some();
         let Some(ws) = conn.ws.as_mut() else {
             return;
         };
@@ -140,6 +193,17 @@ impl Shard {
             },
             _ => ws.fill(&[], SEND_CAP, &mut out),
         };
+        if tls {
+            // The whole batch becomes records now; its stream bytes count
+            // as sent once the records are out (`ws_sent`).
+            let done = ws.sent(&out, out.len());
+            let (flushed, mid) = (ws.flushed(), ws.mid_message());
+            if !self.tls_send(ci, &out, done, finishing && flushed) && finishing && (flushed || mid)
+            {
+                self.close_conn(ci);
+            }
+            return;
+        }
         if out.is_empty() {
             // A message half sent whose session is gone cannot be
             // finished: the connection closes without its close frame.
@@ -157,10 +221,14 @@ impl Shard {
         let Owned::Bytes(out) = mem else {
             return;
         };
-        let Some(ws) = self.conns[ci].ws.as_mut() else {
-            return;
+        let done = if self.conns[ci].tls.is_some() {
+            self.tls_sent(ci, &out, n)
+        } else {
+            let Some(ws) = self.conns[ci].ws.as_mut() else {
+                return;
+            };
+            ws.sent(&out, n)
         };
-        let done = ws.sent(&out, n);
         match self.attached(ci) {
             Some(si) => {
                 if done > 0 {
