@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::client::loadgen::{LoadgenConfig, Protocol, expand_range};
+use crate::client::loadgen::{LoadgenConfig, Protocol, TlsClientSettings, Transport, expand_range};
 use crate::config::{
     Announce, ConfigError, ServeConfig, UpstreamHost, UpstreamNet, check_host_port, in_file,
     is_valid_host_name, parse_duration,
@@ -254,12 +254,70 @@ pub struct LoadgenArgs {
     /// Game server named in the msgserver login token.
     #[arg(long, value_name = "NAME", default_value = "sample")]
     pub server: String,
+    /// How connections reach the gate: tcp, ws (binary WebSocket messages) or wss (the same over TLS; needs --tls-ca or --tls-insecure). ws and wss carry scp or plain.
+    #[arg(long, value_enum, default_value_t = LoadTransport::Tcp)]
+    pub transport: LoadTransport,
+    /// Request path of the WebSocket upgrade.
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    pub ws_path: String,
+    /// PEM file of the certificate(s) to trust for wss (the gate's own, when self-signed).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Accept any certificate for wss (signatures are still checked): for load tests only.
+    #[arg(long)]
+    pub tls_insecure: bool,
+    /// Name the gate's certificate must carry [default: the --connect address].
+    #[arg(long, value_name = "NAME")]
+    pub tls_name: Option<String>,
+}
+
+/// How load-generator connections reach the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LoadTransport {
+    /// TCP.
+    Tcp,
+    /// WebSocket.
+    Ws,
+    /// WebSocket over TLS.
+    Wss,
 }
 
 impl LoadgenArgs {
-    /// The load generator's settings for these options.
-    pub fn to_config(&self) -> LoadgenConfig {
-        LoadgenConfig {
+    /// The TLS settings for `--transport wss`, read from `--tls-ca`.
+    fn tls(&self) -> Result<Option<TlsClientSettings>, String> {
+        use rustls::pki_types::ServerName;
+        if self.transport != LoadTransport::Wss {
+            return Ok(None);
+        }
+        let config = match (&self.tls_ca, self.tls_insecure) {
+            (Some(_), true) => return Err("--tls-ca and --tls-insecure exclude each other".into()),
+            (None, false) => {
+                return Err("--transport wss needs --tls-ca FILE or --tls-insecure".into());
+            }
+            (None, true) => crate::proto::tls::insecure_client_config(),
+            (Some(path), false) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("--tls-ca: cannot read {}: {e}", path.display()))?;
+                crate::proto::tls::client_config(&pem)
+                    .map_err(|e| format!("--tls-ca {}: {e}", path.display()))?
+            }
+        };
+        let server_name = match &self.tls_name {
+            Some(name) => {
+                ServerName::try_from(name.clone()).map_err(|e| format!("--tls-name {name}: {e}"))?
+            }
+            None => ServerName::IpAddress(self.connect.ip().into()),
+        };
+        Ok(Some(TlsClientSettings {
+            config,
+            server_name,
+        }))
+    }
+
+    /// The load generator's settings for these options (a `--tls-ca` file
+    /// that does not read is an error).
+    pub fn to_config(&self) -> Result<LoadgenConfig, String> {
+        Ok(LoadgenConfig {
             connect: self.connect,
             connections: self.connections,
             ramp: self.ramp,
@@ -288,8 +346,15 @@ impl LoadgenArgs {
             user_prefix: self.user_prefix.clone(),
             password: self.password.clone(),
             server: self.server.clone(),
+            transport: match self.transport {
+                LoadTransport::Tcp => Transport::Tcp,
+                LoadTransport::Ws => Transport::Ws,
+                LoadTransport::Wss => Transport::Wss,
+            },
+            ws_path: self.ws_path.clone(),
+            tls: self.tls()?,
             ..LoadgenConfig::default()
-        }
+        })
     }
 }
 
@@ -501,6 +566,103 @@ mod tests {
         assert!(same.resolve().is_err(), "one listener, one dialect");
         let path = serve(&["--ws", "127.0.0.1:1", "--ws-path", "game"]).unwrap();
         assert!(path.resolve().is_err(), "a path starts with /");
+    }
+
+    #[test]
+    fn wss_door_from_flags_and_file() {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = temp_file("wss-cert.pem", &c.cert.pem());
+        let key = temp_file("wss-key.pem", &c.signing_key.serialize_pem());
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let cfg = serve(&[
+            "--wss",
+            "127.0.0.1:1443",
+            "--ws-mode",
+            "scp",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ])
+        .unwrap()
+        .resolve()
+        .unwrap();
+        let (engine, _) = cfg.build().unwrap();
+        assert_eq!(
+            engine.doors,
+            vec![(
+                "127.0.0.1:1443".parse().unwrap(),
+                crate::engine::Door::Wss(crate::config::WsMode::Scp)
+            )]
+        );
+        assert!(engine.tls.is_some());
+        let file = temp_file(
+            "wss.toml",
+            &format!(
+                "[websocket]\nlisten = \"127.0.0.1:7\"\n[websocket.tls]\nlisten = \"127.0.0.1:8\"\ncert = {cert:?}\nkey = {key:?}\n"
+            ),
+        );
+        let cfg = serve(&["--config", file.to_str().unwrap()])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.build().unwrap().0.doors.len(), 2);
+        // What is refused, and why.
+        let refused = |args: &[&str]| serve(args).unwrap().resolve().unwrap_err().to_string();
+        assert!(refused(&["--wss", "127.0.0.1:1"]).contains("websocket.tls.cert"));
+        assert!(refused(&["--tls-cert", cert, "--tls-key", key]).contains("--wss"));
+        assert!(
+            refused(&[
+                "--listen",
+                "127.0.0.1:9",
+                "--wss",
+                "127.0.0.1:9",
+                "--tls-cert",
+                cert,
+                "--tls-key",
+                key
+            ])
+            .contains("one dialect")
+        );
+        let missing = serve(&[
+            "--wss",
+            "127.0.0.1:1",
+            "--tls-cert",
+            "/nonexistent.pem",
+            "--tls-key",
+            key,
+        ])
+        .unwrap()
+        .resolve()
+        .unwrap();
+        let e = missing.build().unwrap_err().to_string();
+        assert!(e.contains("cannot read /nonexistent.pem"), "{e}");
+        let swapped = serve(&["--wss", "127.0.0.1:1", "--tls-cert", key, "--tls-key", cert])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert!(swapped.build().is_err());
+    }
+
+    #[test]
+    fn loadgen_transports() {
+        let parse = |extra: &[&str]| {
+            let argv = ["ringgate", "loadgen", "--connect", "127.0.0.1:1"]
+                .into_iter()
+                .chain(extra.iter().copied());
+            let Command::Loadgen(l) = Cli::try_parse_from(argv).unwrap().command else {
+                unreachable!()
+            };
+            l.to_config()
+        };
+        assert_eq!(parse(&[]).unwrap().transport, Transport::Tcp);
+        let c = parse(&["--transport", "ws", "--ws-path", "/game"]).unwrap();
+        assert_eq!((c.transport, c.ws_path.as_str()), (Transport::Ws, "/game"));
+        let c = parse(&["--transport", "wss", "--tls-insecure"]).unwrap();
+        assert!(c.tls.is_some());
+        assert!(parse(&["--transport", "wss"]).is_err());
+        let e = parse(&["--transport", "wss", "--tls-ca", "/nonexistent.pem"]).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
     }
 
     #[test]
@@ -787,7 +949,7 @@ mod tests {
         let Command::Loadgen(l) = Cli::try_parse_from(argv).unwrap().command else {
             unreachable!()
         };
-        assert_eq!(l.to_config().protocol, Protocol::StableConnection);
+        assert_eq!(l.to_config().unwrap().protocol, Protocol::StableConnection);
         let argv = ["ringgate", "loadgen", "--connect", "127.0.0.1:1"];
         let argv = argv.into_iter().chain([
             "--protocol",
@@ -800,7 +962,7 @@ mod tests {
         let Command::Loadgen(l) = Cli::try_parse_from(argv).unwrap().command else {
             unreachable!()
         };
-        let c = l.to_config();
+        let c = l.to_config().unwrap();
         assert_eq!(c.protocol, Protocol::Msgserver);
         assert_eq!(c.login, Some("127.0.0.1:2".parse().unwrap()));
         assert_eq!(

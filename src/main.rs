@@ -69,7 +69,13 @@ fn main() -> ExitCode {
             };
             run("echo", cfg, None)
         }
-        Command::Loadgen(args) => loadgen(args.to_config()),
+        Command::Loadgen(args) => match args.to_config() {
+            Ok(cfg) => loadgen(cfg),
+            Err(e) => {
+                eprintln!("ringgate loadgen: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 

@@ -2,12 +2,16 @@
 //! echoed byte must verify, across resumes and a reconnect storm, in SCP
 //! and in the stable-connection dialect; and skynet's msgserver gate, where
 //! every answer must verify and a request repeated after a reconnect must
-//! be answered once and run once.
+//! be answered once and run once; and SCP (and plain packets) over the
+//! WebSocket doors, with and without TLS, resumes and storm included.
 
 mod common;
 
 use common::{config, start};
-use ringgate::client::loadgen::{self, LoadgenConfig, Protocol, Report};
+use ringgate::client::loadgen::{
+    self, LoadgenConfig, Protocol, Report, TlsClientSettings, Transport,
+};
+use ringgate::engine::ws::WsMode;
 use ringgate::engine::{Config, Door, Gate};
 use ringgate::gate::{Backend, skynet};
 use std::collections::HashMap;
@@ -365,4 +369,102 @@ fn msgserver_wrong_password_is_counted() {
     .unwrap();
     assert_eq!(r.connections, 0, "{r}");
     assert_eq!(r.errors.get("login: refused 401"), Some(&3), "{r}");
+}
+
+// ---- WebSocket and TLS transports --------------------------------------------
+
+/// A gate with ws SCP, wss SCP and ws packets doors (in that order), its
+/// certificate (PEM), and the gate.
+fn ws_gate() -> (Gate, String) {
+    let c =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (c.cert.pem(), c.signing_key.serialize_pem());
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let gate = start(Config {
+        doors: vec![
+            (any, Door::Ws(WsMode::Scp)),
+            (any, Door::Wss(WsMode::Scp)),
+            (any, Door::Ws(WsMode::Packets)),
+        ],
+        tls: Some(ringgate::engine::ws::TlsKeys::new(
+            ringgate::proto::tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap(),
+        )),
+        ..config(Backend::Echo)
+    });
+    (gate, cert)
+}
+
+fn wss_settings(ca: &str) -> Option<TlsClientSettings> {
+    Some(TlsClientSettings {
+        config: ringgate::proto::tls::client_config(ca.as_bytes()).unwrap(),
+        server_name: "127.0.0.1".try_into().unwrap(),
+    })
+}
+
+#[test]
+fn scp_over_ws_and_wss_verifies_every_byte_across_resumes() {
+    let (gate, ca) = ws_gate();
+    let r = loadgen::run(LoadgenConfig {
+        transport: Transport::Ws,
+        connections: 100,
+        resume_every: Some(20),
+        abort_probability: 0.01,
+        ..load(gate.door_addrs()[0])
+    })
+    .unwrap();
+    assert_clean(&r);
+    assert!(r.resumes_ok > 0, "{r}");
+    assert!(r.resumes_failed.is_empty(), "{r}");
+    let r = loadgen::run(LoadgenConfig {
+        transport: Transport::Wss,
+        tls: wss_settings(&ca),
+        connections: 100,
+        resume_every: Some(3),
+        size_max: 20_000,
+        ..load(gate.door_addrs()[1])
+    })
+    .unwrap();
+    assert_clean(&r);
+    assert!(r.resumes_ok > 0, "{r}");
+    assert!(r.resumes_failed.is_empty(), "{r}");
+    assert_eq!(gate.stats().resumes_failed, 0);
+}
+
+#[test]
+fn wss_storm_brings_everyone_back() {
+    let (gate, ca) = ws_gate();
+    let r = loadgen::run(LoadgenConfig {
+        transport: Transport::Wss,
+        tls: wss_settings(&ca),
+        connections: 100,
+        storm: true,
+        rate: 5.0,
+        duration: Duration::from_secs(1),
+        ..load(gate.door_addrs()[1])
+    })
+    .unwrap();
+    assert_clean(&r);
+    assert!(r.resumes_ok >= 100, "{r}");
+    assert!(r.resumes_failed.is_empty(), "{r}");
+}
+
+#[test]
+fn plain_packets_over_ws_and_wss_needs_a_certificate_setting() {
+    let (gate, _) = ws_gate();
+    let r = loadgen::run(LoadgenConfig {
+        transport: Transport::Ws,
+        protocol: Protocol::Plain,
+        connections: 50,
+        ..load(gate.door_addrs()[2])
+    })
+    .unwrap();
+    assert_clean(&r);
+    // Needs a certificate setting, and SCP or plain.
+    assert!(
+        loadgen::run(LoadgenConfig {
+            transport: Transport::Wss,
+            ..load(gate.door_addrs()[1])
+        })
+        .is_err()
+    );
 }

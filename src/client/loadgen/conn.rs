@@ -260,6 +260,9 @@ pub struct Conn {
     pub ever_open: bool,
     /// Dropped by the storm and not yet back.
     pub storm: bool,
+    /// The current socket's WebSocket (and TLS), when the run's transport
+    /// has one.
+    pub(super) wire: Option<Box<super::wire::Wire>>,
 }
 
 impl Conn {
@@ -287,6 +290,7 @@ impl Conn {
             in_ramp: false,
             ever_open: false,
             storm: false,
+            wire: None,
         }
     }
 

@@ -14,6 +14,9 @@
 //! gate, goscon included; cloudwu's stable-connection dialect, as its
 //! published client does (a resume resends the ciphertext the server has not
 //! received, and the server resends after the client's count); or plain TCP.
+//! SCP and plain streams may also travel as binary WebSocket messages, with
+//! or without TLS (`--transport ws|wss`, see the `wire` module), on the same
+//! io_uring path, verified and resumed the same way.
 //!
 //! `--protocol msgserver` loads skynet's login server and msgserver gate
 //! (as the gate's `skynet` module serves them) on another client path: threads driving the
@@ -25,8 +28,10 @@ mod conn;
 mod msgserver;
 mod report;
 mod shard;
+mod wire;
 
 pub use report::{Latency, Report};
+pub use wire::{TlsClientSettings, Transport};
 
 use crate::engine::sys;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -103,6 +108,13 @@ pub struct LoadgenConfig {
     pub password: String,
     /// Game server name in the login token (msgserver only).
     pub server: String,
+    /// How connections reach the gate: TCP, or WebSocket messages (over
+    /// TLS for [`Transport::Wss`]). SCP and plain only.
+    pub transport: Transport,
+    /// The request path of WebSocket upgrades.
+    pub ws_path: String,
+    /// TLS settings for [`Transport::Wss`].
+    pub tls: Option<TlsClientSettings>,
 }
 
 impl Default for LoadgenConfig {
@@ -132,6 +144,9 @@ impl Default for LoadgenConfig {
             user_prefix: "user".into(),
             password: "password".into(),
             server: "sample".into(),
+            transport: Transport::Tcp,
+            ws_path: "/".into(),
+            tls: None,
         }
     }
 }
@@ -287,6 +302,12 @@ fn check(cfg: &LoadgenConfig) -> Result<(), LoadgenError> {
     }
     if cfg.target.is_some() && cfg.protocol == Protocol::StableConnection {
         return bad("--target is part of the SCP handshake; stable-connection has none");
+    }
+    if cfg.transport != Transport::Tcp && !matches!(cfg.protocol, Protocol::Scp | Protocol::Plain) {
+        return bad("--transport ws and wss carry --protocol scp or plain");
+    }
+    if cfg.transport == Transport::Wss && cfg.tls.is_none() {
+        return bad("--transport wss needs --tls-ca FILE or --tls-insecure");
     }
     if cfg.resume_every == Some(0) {
         return bad("--resume-every must be at least 1");

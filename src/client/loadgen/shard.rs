@@ -14,6 +14,7 @@
 
 use super::conn::{Conn, Handshake, Pattern, Phase, Tx, verify};
 use super::report::ShardReport;
+use super::wire::{Transport, Wire};
 use super::{Control, LoadgenConfig, LoadgenError, MAX_PENDING_PER_SHARD, Protocol, phase};
 use crate::engine::endpoint::{self, Endpoint, Received, RecvPolicy};
 use crate::engine::ring::{self, BufRing, Completion, Driver, MsgHeader, Owned};
@@ -62,6 +63,8 @@ enum Op {
     SendHandshake,
     /// A send from the connection's window.
     SendStream,
+    /// A send of WebSocket (and TLS) bytes, owned by the operation.
+    SendWire,
     Tick,
     Closed,
 }
@@ -125,6 +128,10 @@ struct Shard {
     closing: usize,
     rng: SmallRng,
     report: ShardReport,
+    /// Plaintext of TLS connections, decrypted here before it is checked.
+    plain: Vec<u8>,
+    /// The `Host` of WebSocket upgrades.
+    host: String,
 }
 
 /// Runs shard `index` of `shards` with `count` connections until the driver
@@ -194,6 +201,7 @@ impl Shard {
         let conns = (0..count)
             .map(|k| Conn::new((index + k * shards) as u64))
             .collect();
+        let host = cfg.connect.to_string();
         Ok(Shard {
             d: Driver::new(ring),
             cqes: Vec::with_capacity(1024),
@@ -225,6 +233,8 @@ impl Shard {
             closing: 0,
             rng: SmallRng::seed_from_u64(0x10ad ^ index as u64),
             report: ShardReport::new(),
+            plain: Vec::new(),
+            host,
         })
     }
 
@@ -281,7 +291,7 @@ impl Shard {
             }
             Op::Connect => self.on_connect(i, epoch, c.result),
             Op::Recv => self.on_recv(i, epoch, &c),
-            Op::SendHandshake | Op::SendStream => self.on_send(i, epoch, c),
+            Op::SendHandshake | Op::SendStream | Op::SendWire => self.on_send(i, epoch, c),
             Op::Tick => self.on_tick(c.more()),
             Op::Closed => self.closing = self.closing.saturating_sub(1),
         }
@@ -417,6 +427,22 @@ impl Shard {
             self.drop_socket(i, false);
             self.retry_later(i);
             return;
+        }
+        if self.cfg.transport != Transport::Tcp {
+            let tls = match self.cfg.transport {
+                Transport::Wss => self.cfg.tls.as_ref(),
+                _ => None,
+            };
+            let random = [self.rng.random(), self.rng.random(), self.rng.random()];
+            match Wire::new(&self.host, &self.cfg.ws_path, tls, random) {
+                Ok(w) => self.conns[i].wire = Some(Box::new(w)),
+                Err(e) => {
+                    self.report.error(format!("tls: {e}"));
+                    self.drop_socket(i, false);
+                    self.retry_later(i);
+                    return;
+                }
+            }
         }
         match self.cfg.protocol {
             Protocol::Plain => {
@@ -577,6 +603,38 @@ impl Shard {
         if ep.sending() || ep.is_closed() {
             return;
         }
+        if let Some(wire) = c.wire.as_mut() {
+            // A copy into the send's buffer, framed (and sealed).
+            let tag = tag(Op::SendWire, i, epoch);
+            if wire.has_pending() {
+                ep.send_owned(&mut self.d, wire.take_pending(), tag);
+                return;
+            }
+            let hs = if wire.is_open() {
+                std::mem::take(&mut c.hs_out)
+            } else {
+                Vec::new()
+            };
+            let mut pieces: smallvec::SmallVec<[&[u8]; 4]> = smallvec::SmallVec::new();
+            if !hs.is_empty() {
+                pieces.push(&hs);
+            }
+            let mut window = 0;
+            if wire.is_open() && c.phase == Phase::Open {
+                if let Some(tx) = c.tx.as_ref() {
+                    for p in tx.window().unsent_slices() {
+                        window += p.len();
+                        pieces.push(p);
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            wire.fill(&pieces, window, &mut out);
+            if !out.is_empty() {
+                ep.send_owned(&mut self.d, out, tag);
+            }
+            return;
+        }
         if !c.hs_out.is_empty() {
             let bytes = std::mem::take(&mut c.hs_out);
             ep.send_owned(&mut self.d, bytes, tag(Op::SendHandshake, i, epoch));
@@ -636,7 +694,17 @@ impl Shard {
             return;
         }
         let n = res as usize;
-        if let Some(mut bytes) = handshake {
+        if done.tag.op == Op::SendWire {
+            let sent = match (c.wire.as_mut(), handshake.as_ref()) {
+                (Some(w), Some(out)) => w.sent(out, n),
+                _ => 0,
+            };
+            if sent > 0 {
+                if let Some(tx) = c.tx.as_mut() {
+                    tx.window_mut().mark_sent(sent);
+                }
+            }
+        } else if let Some(mut bytes) = handshake {
             if n < bytes.len() {
                 // The rest goes first, before anything queued since.
                 bytes.drain(..n);
@@ -697,6 +765,47 @@ impl Shard {
     }
 
     fn on_data(&mut self, i: usize, data: &mut [u8]) {
+        if self.conns[i].wire.is_some() {
+            self.wire_data(i, data);
+            return;
+        }
+        self.stream_in(i, data);
+    }
+
+    /// Bytes through a WebSocket (and TLS): the stream bytes they carried
+    /// go on as from a TCP socket; the upgrade's answer lets the handshake
+    /// go out; an ended WebSocket is a broken connection.
+    fn wire_data(&mut self, i: usize, data: &mut [u8]) {
+        let epoch = self.conns[i].epoch;
+        let mut plain = std::mem::take(&mut self.plain);
+        let Some(wire) = self.conns[i].wire.as_mut() else {
+            return;
+        };
+        let (read, in_plain) = wire.recv(data, &mut plain);
+        let buf = if in_plain {
+            &mut plain[..read.payload]
+        } else {
+            &mut data[..read.payload]
+        };
+        if !buf.is_empty() {
+            self.stream_in(i, buf);
+        }
+        if plain.capacity() > 1 << 17 {
+            plain = Vec::new();
+        }
+        self.plain = plain;
+        if self.conns[i].epoch != epoch {
+            return;
+        }
+        if let Some(why) = read.ended {
+            self.broken(i, why);
+            return;
+        }
+        // The handshake once upgraded, a pong, TLS's own records.
+        self.flush(i);
+    }
+
+    fn stream_in(&mut self, i: usize, data: &mut [u8]) {
         match (self.conns[i].phase, &self.conns[i].hs) {
             (Phase::Handshake, Some(Handshake::Scp(_))) => self.scp_handshake(i, data),
             (Phase::Handshake, Some(Handshake::Stable(_))) => self.stable_handshake(i, data),
@@ -889,6 +998,7 @@ impl Shard {
         };
         c.hs = None;
         c.hs_out = Vec::new();
+        c.wire = None;
         release(&mut self.d, c, reset, None);
     }
 
