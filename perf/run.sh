@@ -2,7 +2,7 @@
 # Puts ringgate beside its baselines in one run, on loopback, and writes a
 # markdown table per scenario to perf/results/<scenario>-<date>.md.
 #
-#   perf/run.sh [echo-small|idle-memory|storm|bulk|relay-baseline|churn|msgserver|all]
+#   perf/run.sh [echo-small|idle-memory|storm|bulk|relay-baseline|churn|msgserver|websocket|all]
 #   OLD=/path/to/old/ringgate perf/run.sh compare [SCENARIO...]
 #
 # Every ratio compares figures measured in the same run of this script.
@@ -15,6 +15,8 @@
 # shards, default 8), CHURN_IDLE_RATE (messages per second per idle session,
 # default 0.0001), CHURN_LOG (the gate's RUST_LOG, default warn).
 # msgserver: MSG_USERS (logged-in users, and SCP sessions beside them; default 1000).
+# websocket: WS_SESSIONS (busy sessions per transport, default 1000), WS_IDLE (idle
+# sessions per transport for RSS, default 5000); needs openssl for its certificate.
 # compare: runs each scenario's gate rows with the gate binary OLD and with the
 # one this tree builds (the load generator and echo server are always this
 # tree's) and writes perf/results/compare-<date>.md; OLD_LABEL names the old
@@ -35,6 +37,8 @@ CHURN_SHARDS=${CHURN_SHARDS:-8}
 CHURN_IDLE_RATE=${CHURN_IDLE_RATE:-0.0001}
 CHURN_LOG=${CHURN_LOG:-warn}
 MSG_USERS=${MSG_USERS:-1000}
+WS_SESSIONS=${WS_SESSIONS:-1000}
+WS_IDLE=${WS_IDLE:-5000}
 DATE=$(date +%Y%m%d-%H%M%S)
 BIN=target/release/ringgate
 # The `ringgate serve` under test; compare mode points it at each binary in turn.
@@ -56,14 +60,14 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 usage() {
-    echo "usage: $0 [echo-small|idle-memory|storm|bulk|relay-baseline|churn|msgserver|all]" >&2
+    echo "usage: $0 [echo-small|idle-memory|storm|bulk|relay-baseline|churn|msgserver|websocket|all]" >&2
     echo "       OLD=/path/to/old/ringgate $0 compare [echo-small|relay-baseline|idle-memory|storm|churn...]" >&2
     exit 2
 }
 
 COMPARE=()
 case "$SCENARIO" in
-echo-small | idle-memory | storm | bulk | relay-baseline | churn | msgserver | all) ;;
+echo-small | idle-memory | storm | bulk | relay-baseline | churn | msgserver | websocket | all) ;;
 compare)
     shift
     COMPARE=("$@")
@@ -791,6 +795,99 @@ msgserver() {
         "ringgate serve, SCP, built-in echo=$TMP/ms-scp.json" "skynet_login, msgserver=$TMP/ms-msg.json" "skynet_login, msgserver, reconnect every 10=$TMP/ms-resume.json"
 }
 
+# ws_gate : ringgate serve, built-in echo, SCP on GATE_PORT, SCP over a
+# WebSocket on WS_PORT and over TLS on WSS_PORT (certificate in $TMP).
+ws_gate() {
+    next_port
+    GATE_PORT=$PORT
+    next_port
+    WS_PORT=$PORT
+    next_port
+    WSS_PORT=$PORT
+    start gate "$GATE_PORT" "$GATE_BIN" serve --listen "127.0.0.1:$GATE_PORT" --shards "$GATE_SHARDS" \
+        --max-sessions 1000000 --ws "127.0.0.1:$WS_PORT" --wss "127.0.0.1:$WSS_PORT" --ws-mode scp \
+        --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem"
+    GATE_PID=$LAST_PID
+    wait_port "$WS_PORT"
+    wait_port "$WSS_PORT"
+}
+
+# ws_port ROW : the gate's port for transport ROW (tcp, ws, wss).
+ws_port() {
+    case "$1" in
+    tcp) echo "$GATE_PORT" ;;
+    ws) echo "$WS_PORT" ;;
+    wss) echo "$WSS_PORT" ;;
+    esac
+}
+
+# ws_idle_run OUT.json PORT PID ARGS... : WS_IDLE sessions that each send one
+# 64-byte message within 10 s, then one every 10 s; the gate's RSS before
+# and while they are held.
+ws_idle_run() {
+    local out=$1 port=$2 pid=$3
+    shift 3
+    local before after
+    before=$(rss_kb "$pid")
+    loadgen "$out" --connect "127.0.0.1:$port" --protocol scp --connections "$WS_IDLE" \
+        --size 64 --rate 0.1 --duration 20 "$@" &
+    local lg=$!
+    PIDS+=("$lg")
+    for _ in $(seq 600); do
+        [ "$(established "$port")" -ge "$WS_IDLE" ] && break
+        sleep 0.1
+    done
+    sleep 12 # every session has sent its first message (staggered over 10 s)
+    after=$(rss_kb "$pid")
+    wait "$lg"
+    python3 - "$out" "$before" "$after" <<'EOF'
+import json, sys
+path, before, after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+d = json.load(open(path))
+d["rss_before_kib"], d["rss_held_kib"] = before, after
+d["rss_per_session_bytes"] = (after - before) * 1024 / max(d["connections"], 1)
+json.dump(d, open(path, "w"), indent=2)
+EOF
+}
+
+websocket() {
+    local out="perf/results/websocket-$DATE.md"
+    header "$out" websocket
+    if ! command -v openssl >/dev/null; then
+        echo "websocket needs openssl (Debian package openssl) for its certificate" >&2
+        return 1
+    fi
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
+        -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
+    local load=(--protocol scp --connections "$WS_SESSIONS" --size 64 --rate 0 --duration "$DURATION")
+    local row extra
+    for row in tcp ws wss; do
+        case "$row" in
+        tcp) extra=(--transport tcp) ;;
+        ws) extra=(--transport ws) ;;
+        wss) extra=(--transport wss --tls-ca "$TMP/cert.pem") ;;
+        esac
+        # A fresh gate for each load, so that every RSS figure starts alike.
+        ws_gate
+        measure_cpu "$GATE_PID" "$TMP/ws-$row.json" --connect "127.0.0.1:$(ws_port "$row")" \
+            "${load[@]}" "${extra[@]}"
+        with_cpu_per_million "$TMP/ws-$row.json"
+        stop "$GATE_PID"
+        ws_gate
+        ws_idle_run "$TMP/ws-idle-$row.json" "$(ws_port "$row")" "$GATE_PID" "${extra[@]}"
+        stop "$GATE_PID"
+    done
+    COLUMNS="msgs_per_sec:msgs/s:up,latency_us.p50:p50 µs:down,latency_us.p99:p99 µs:down,cpu_s_per_million_msgs:CPU s / 1M msgs:down,bytes_lost:bytes lost:-,bytes_duplicated:bytes dup:-" \
+        table "$out" "websocket, busy: $WS_SESSIONS SCP sessions, 64-byte messages, next message when the echo returns" \
+        "\`ringgate serve\` with its built-in echo and three doors (SCP on TCP, \`--ws\`, \`--wss\`, \`--ws-mode scp\`), a fresh gate per row, loaded through one door by \`ringgate loadgen --protocol scp --transport tcp|ws|wss\`. Baseline: SCP over TCP. WebSocket: the same SCP stream in binary messages (client-masked). WebSocket + TLS: the same over TLS 1.3 (rustls with ring, ECDSA P-256 certificate; no kTLS). CPU: the gate process only, whole load run (the ramp's TLS handshakes included) ÷ all echoes." \
+        "SCP over TCP=$TMP/ws-tcp.json" "SCP over WebSocket=$TMP/ws-ws.json" "SCP over WebSocket + TLS=$TMP/ws-wss.json"
+    COLUMNS="connections:sessions:-,rss_before_kib:RSS before KiB:-,rss_held_kib:RSS held KiB:-,rss_per_session_bytes:RSS per session (bytes):down,bytes_lost:bytes lost:-" \
+        table "$out" "websocket, idle: $WS_IDLE held SCP sessions per transport that exchanged 1–2 messages of 64 bytes" \
+        "Gate RSS (user space; kernel socket buffers are not in RSS) while the sessions are held − before they connected, ÷ sessions; a fresh gate per row. Baseline: SCP over TCP." \
+        "SCP over TCP=$TMP/ws-idle-tcp.json" "SCP over WebSocket=$TMP/ws-idle-ws.json" "SCP over WebSocket + TLS=$TMP/ws-idle-wss.json"
+}
+
 run() {
     echo "== $1"
     "$2"
@@ -804,6 +901,7 @@ bulk) run bulk bulk ;;
 relay-baseline) run relay-baseline relay_baseline ;;
 churn) run churn churn ;;
 msgserver) run msgserver msgserver ;;
+websocket) run websocket websocket ;;
 compare) compare ;;
 all)
     run echo-small echo_small
@@ -813,6 +911,7 @@ all)
     run relay-baseline relay_baseline
     run churn churn
     run msgserver msgserver
+    run websocket websocket
     ;;
 esac
 echo "results in perf/results/"
