@@ -44,8 +44,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// A server configuration from a PEM certificate chain (leaf first) and a
-/// PEM private key (PKCS#8, PKCS#1 or SEC1), offering ALPN `http/1.1`.
-/// Checks that the key matches the leaf certificate.
+/// PEM private key (PKCS#8, PKCS#1 or SEC1), offering ALPN `http/1.1` and
+/// resumption by stateless tickets. Checks that the key matches the leaf
+/// certificate.
 pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<ServerConfig>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
@@ -64,6 +65,12 @@ pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<ServerConfig
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Keys(format!("certificate and key: {e}")))?;
     cfg.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    // Stateless resumption tickets (keys rotated every 6 hours): a client
+    // reconnecting after a network change skips the signature, and the
+    // server keeps no per-client session state (and no shared cache).
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| TlsError::Keys(format!("session tickets: {e}")))?;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(cfg))
 }
 
@@ -370,6 +377,34 @@ mod tests {
         s.take_wire(&mut wire);
         let r = c.handle_bytes(&wire, &mut Vec::new()).unwrap();
         assert!(r.peer_closed);
+    }
+
+    #[test]
+    fn a_second_connection_resumes_with_a_ticket() {
+        let (cert, key) = keys();
+        let server = server_config(cert.as_bytes(), key.as_bytes()).unwrap();
+        let client = client_config(cert.as_bytes()).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let mut s = TlsStream::server(server.clone()).unwrap();
+            let mut c = TlsStream::client(client.clone(), name.clone()).unwrap();
+            for _ in 0..4 {
+                pump(&mut c, &mut s);
+                pump(&mut s, &mut c);
+            }
+            let Connection::Client(cc) = &c.conn else {
+                unreachable!()
+            };
+            kinds.push(cc.handshake_kind());
+        }
+        assert_eq!(
+            kinds,
+            [
+                Some(rustls::HandshakeKind::Full),
+                Some(rustls::HandshakeKind::Resumed)
+            ]
+        );
     }
 
     #[test]
