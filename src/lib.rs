@@ -9,7 +9,8 @@
 //! either), so the arrows point one way: proto <- engine <- gate <- config
 //! <- admin <- cli, with client beside gate. `tests/layers.rs` checks it.
 //! - [`proto`]: sans-IO protocol code (crypto, SCP handshake, sessions,
-//!   replay window, frame codecs). Names no other module.
+//!   replay window, frame codecs, WebSocket, the TLS stage on rustls).
+//!   Names no other module.
 //! - [`engine`]: io_uring, thread per core: shards, rings, timers, buffers,
 //!   session ids, and the shape of what a session is connected to
 //!   ([`engine::Backend`], [`engine::UpstreamPolicy`], the worker queues).

@@ -6,8 +6,13 @@
 //! Outgoing session bytes are copied into the send's own buffer behind
 //! their frame header instead of being sent from the replay window: the
 //! header needs memory that lives as long as the send, and a copy of at
-//! most [`SEND_CAP`] bytes per send keeps the window free to move (TLS,
-//! which encrypts every byte anyway, will need the same buffer).
+//! most [`SEND_CAP`] bytes per send keeps the window free to move. Through
+//! a TLS door the same batch is sealed into records instead (see `tls.rs`).
+//!
+//! When the gate itself ends an open WebSocket (its session closed, idle
+//! timeout, the session resumed elsewhere) it sends a close frame with a
+//! code first ([`close_code`]), and closes the connection once it is out,
+//! or at the handshake timeout if it cannot go.
 
 use super::*;
 use crate::engine::ring::Owned;
