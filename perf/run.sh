@@ -859,6 +859,7 @@ websocket() {
     fi
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
         -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
+        -addext basicConstraints=critical,CA:FALSE \
         -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
     local load=(--protocol scp --connections "$WS_SESSIONS" --size 64 --rate 0 --duration "$DURATION")
     local row extra
