@@ -16,7 +16,8 @@
 # default 0.0001), CHURN_LOG (the gate's RUST_LOG, default warn).
 # msgserver: MSG_USERS (logged-in users, and SCP sessions beside them; default 1000).
 # websocket: WS_SESSIONS (busy sessions per transport, default 1000), WS_IDLE (idle
-# sessions per transport for RSS, default 5000); needs openssl for its certificate.
+# sessions per transport for RSS, default 5000), WS_ROUNDS (turns of the busy
+# loads, default 3); needs openssl for its certificate.
 # compare: runs each scenario's gate rows with the gate binary OLD and with the
 # one this tree builds (the load generator and echo server are always this
 # tree's) and writes perf/results/compare-<date>.md; OLD_LABEL names the old
@@ -39,12 +40,15 @@ CHURN_LOG=${CHURN_LOG:-warn}
 MSG_USERS=${MSG_USERS:-1000}
 WS_SESSIONS=${WS_SESSIONS:-1000}
 WS_IDLE=${WS_IDLE:-5000}
+WS_ROUNDS=${WS_ROUNDS:-3}
 DATE=$(date +%Y%m%d-%H%M%S)
 BIN=target/release/ringgate
 # The `ringgate serve` under test; compare mode points it at each binary in turn.
 GATE_BIN=$BIN
 TMP=$(mktemp -d)
 PIDS=()
+# A command the load generator runs under (the websocket scenario pins it).
+LOADGEN_PREFIX=()
 
 cleanup() {
     local p
@@ -146,7 +150,7 @@ established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
 loadgen() {
     local out=$1
     shift
-    "$BIN" loadgen --json "$out" "$@" >"$TMP/loadgen.txt" 2>&1 || {
+    "${LOADGEN_PREFIX[@]}" "$BIN" loadgen --json "$out" "$@" >"$TMP/loadgen.txt" 2>&1 || {
         cat "$TMP/loadgen.txt" >&2
         return 1
     }
@@ -804,7 +808,7 @@ ws_gate() {
     WS_PORT=$PORT
     next_port
     WSS_PORT=$PORT
-    start gate "$GATE_PORT" "$GATE_BIN" serve --listen "127.0.0.1:$GATE_PORT" --shards "$GATE_SHARDS" \
+    start gate "$GATE_PORT" "$GATE_BIN" serve --listen "127.0.0.1:$GATE_PORT" --shards "$WS_GATE_SHARDS" \
         --max-sessions 1000000 --ws "127.0.0.1:$WS_PORT" --wss "127.0.0.1:$WSS_PORT" --ws-mode scp \
         --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem"
     GATE_PID=$LAST_PID
@@ -850,9 +854,33 @@ json.dump(d, open(path, "w"), indent=2)
 EOF
 }
 
+# ws_transport ROW : the load generator's flags for transport ROW.
+ws_transport() {
+    case "$1" in
+    tcp) echo --transport tcp ;;
+    ws) echo --transport ws ;;
+    wss) echo --transport wss --tls-ca "$TMP/cert.pem" ;;
+    esac
+}
+
+# median_round OUT.json ROUND.json... : copies the round with the median
+# msgs/s to OUT.json, with every round's msgs/s and CPU per message.
+median_round() {
+    local out=$1
+    shift
+    python3 - "$out" "$@" <<'EOF'
+import json, sys
+out, paths = sys.argv[1], sys.argv[2:]
+runs = sorted((json.load(open(p)) for p in paths), key=lambda d: d["msgs_per_sec"])
+d = dict(runs[len(runs) // 2])
+d["rounds_msgs_per_sec"] = " / ".join(f"{r['msgs_per_sec']:,.0f}" for r in runs)
+d["rounds_cpu"] = " / ".join(f"{r['cpu_s_per_million_msgs']:.2f}" for r in runs)
+json.dump(d, open(out, "w"), indent=2)
+EOF
+}
+
 websocket() {
     local out="perf/results/websocket-$DATE.md"
-    header "$out" websocket
     if ! command -v openssl >/dev/null; then
         echo "websocket needs openssl (Debian package openssl) for its certificate" >&2
         return 1
@@ -862,26 +890,43 @@ websocket() {
         -addext basicConstraints=critical,CA:FALSE \
         -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
     local load=(--protocol scp --connections "$WS_SESSIONS" --size 64 --rate 0 --duration "$DURATION")
-    local row extra
+    local row round placement
+    # The gate on one core (its one shard pins itself to the first core) and
+    # the load generator on the second, when there are two and taskset:
+    # sharing both cores, the two take turns in a different pattern each
+    # run and msgs/s varies twofold from run to run.
+    WS_GATE_SHARDS=$GATE_SHARDS
+    placement="gate shards: $GATE_SHARDS, load generator beside it on the same cores"
+    if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+        WS_GATE_SHARDS=1
+        LOADGEN_PREFIX=(taskset -c 1)
+        load+=(--shards 1)
+        placement="gate: 1 shard, pinned to core 0; load generator: 1 shard, pinned to core 1 (taskset)"
+    fi
+    header "$out" websocket "Measured run: ${DURATION}s per load; $placement."
+    # The busy loads take turns, WS_ROUNDS times over (tcp, ws, wss, tcp, ...),
+    # each on a fresh gate; each row shows its median round by msgs/s, so
+    # that a moment of noise on a shared host does not decide a ratio.
+    for round in $(seq "$WS_ROUNDS"); do
+        for row in tcp ws wss; do
+            ws_gate
+            measure_cpu "$GATE_PID" "$TMP/ws-$row-$round.json" --connect "127.0.0.1:$(ws_port "$row")" \
+                "${load[@]}" $(ws_transport "$row")
+            with_cpu_per_million "$TMP/ws-$row-$round.json"
+            stop "$GATE_PID"
+        done
+    done
     for row in tcp ws wss; do
-        case "$row" in
-        tcp) extra=(--transport tcp) ;;
-        ws) extra=(--transport ws) ;;
-        wss) extra=(--transport wss --tls-ca "$TMP/cert.pem") ;;
-        esac
-        # A fresh gate for each load, so that every RSS figure starts alike.
+        median_round "$TMP/ws-$row.json" "$TMP"/ws-"$row"-*.json
+        # A fresh gate for each idle load too, so that every RSS figure starts alike.
         ws_gate
-        measure_cpu "$GATE_PID" "$TMP/ws-$row.json" --connect "127.0.0.1:$(ws_port "$row")" \
-            "${load[@]}" "${extra[@]}"
-        with_cpu_per_million "$TMP/ws-$row.json"
-        stop "$GATE_PID"
-        ws_gate
-        ws_idle_run "$TMP/ws-idle-$row.json" "$(ws_port "$row")" "$GATE_PID" "${extra[@]}"
+        ws_idle_run "$TMP/ws-idle-$row.json" "$(ws_port "$row")" "$GATE_PID" $(ws_transport "$row")
         stop "$GATE_PID"
     done
-    COLUMNS="msgs_per_sec:msgs/s:up,latency_us.p50:p50 µs:down,latency_us.p99:p99 µs:down,cpu_s_per_million_msgs:CPU s / 1M msgs:down,bytes_lost:bytes lost:-,bytes_duplicated:bytes dup:-" \
+    LOADGEN_PREFIX=()
+    COLUMNS="msgs_per_sec:msgs/s:up,latency_us.p50:p50 µs:down,latency_us.p99:p99 µs:down,cpu_s_per_million_msgs:CPU s / 1M msgs:down,rounds_msgs_per_sec:msgs/s of each round:-,rounds_cpu:CPU s / 1M msgs of each round:-,bytes_lost:bytes lost:-,bytes_duplicated:bytes dup:-" \
         table "$out" "websocket, busy: $WS_SESSIONS SCP sessions, 64-byte messages, next message when the echo returns" \
-        "\`ringgate serve\` with its built-in echo and three doors (SCP on TCP, \`--ws\`, \`--wss\`, \`--ws-mode scp\`), a fresh gate per row, loaded through one door by \`ringgate loadgen --protocol scp --transport tcp|ws|wss\`. Baseline: SCP over TCP. WebSocket: the same SCP stream in binary messages (client-masked). WebSocket + TLS: the same over TLS 1.3 (rustls with ring, ECDSA P-256 certificate; no kTLS). CPU: the gate process only, whole load run (the ramp's TLS handshakes included) ÷ all echoes." \
+        "\`ringgate serve\` with its built-in echo and three doors (SCP on TCP, \`--ws\`, \`--wss\`, \`--ws-mode scp\`), loaded through one door by \`ringgate loadgen --protocol scp --transport tcp|ws|wss\`, a fresh gate per load; the loads took turns $WS_ROUNDS times over and each row is its median round by msgs/s (every round's figures beside it). Baseline: SCP over TCP. WebSocket: the same SCP stream in binary messages (client-masked). WebSocket + TLS: the same over TLS 1.3 (rustls with ring, ECDSA P-256 certificate; no kTLS). CPU: the gate process only, whole load run (the ramp's TLS handshakes included) ÷ all echoes." \
         "SCP over TCP=$TMP/ws-tcp.json" "SCP over WebSocket=$TMP/ws-ws.json" "SCP over WebSocket + TLS=$TMP/ws-wss.json"
     COLUMNS="connections:sessions:-,rss_before_kib:RSS before KiB:-,rss_held_kib:RSS held KiB:-,rss_per_session_bytes:RSS per session (bytes):down,bytes_lost:bytes lost:-" \
         table "$out" "websocket, idle: $WS_IDLE held SCP sessions per transport that exchanged 1–2 messages of 64 bytes" \
