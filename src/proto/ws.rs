@@ -985,6 +985,28 @@ mod tests {
     }
 
     #[test]
+    fn a_close_carries_its_reason_cut_to_fit() {
+        let mut c = open();
+        c.close_with(code::GOING_AWAY, "idle timeout");
+        let out = sent_all(&mut c);
+        assert_eq!(&out[..4], &[0x88, 14, 0x03, 0xe9]);
+        assert_eq!(&out[4..], b"idle timeout");
+        // 200 bytes of two-byte characters: cut to at most 123 bytes, whole
+        // characters.
+        let mut c = open();
+        c.close_with(code::POLICY, &"é".repeat(100));
+        let out = sent_all(&mut c);
+        assert_eq!(out[1], 2 + 122);
+        assert_eq!(&out[2..4], &1008u16.to_be_bytes());
+        assert!(std::str::from_utf8(&out[4..]).is_ok());
+        // Before the upgrade there is nothing to close with a frame.
+        let mut c = WsConn::new(OutMode::Stream, 1000);
+        c.close_with(code::GOING_AWAY, "x");
+        assert!(c.closing());
+        assert!(sent_all(&mut c).is_empty());
+    }
+
+    #[test]
     fn close_handshake_echoes_the_code_and_ignores_what_follows() {
         let mut c = open();
         let mut bytes = frame(0x82, b"ab", [1; 4]);
