@@ -113,9 +113,15 @@ mkdir -p perf/results
 # ---- helpers ------------------------------------------------------------------
 
 PORT=17400
+# port_free PORT : whether a TCP socket can bind 127.0.0.1:PORT now (nothing
+# listens there, and no client socket of another program holds it).
+port_free() {
+    python3 -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+
 next_port() {
     PORT=$((PORT + 1))
-    while (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do PORT=$((PORT + 1)); done
+    while ! port_free "$PORT"; do PORT=$((PORT + 1)); done
 }
 
 wait_port() {
@@ -904,6 +910,8 @@ websocket() {
         placement="gate: 1 shard, pinned to core 0; load generator: 1 shard, pinned to core 1 (taskset)"
     fi
     header "$out" websocket "Measured run: ${DURATION}s per load; $placement."
+    local load_start
+    load_start=$(cut -d' ' -f1 /proc/loadavg)
     # The busy loads take turns, WS_ROUNDS times over (tcp, ws, wss, tcp, ...),
     # each on a fresh gate; each row shows its median round by msgs/s, so
     # that a moment of noise on a shared host does not decide a ratio.
@@ -932,6 +940,7 @@ websocket() {
         table "$out" "websocket, idle: $WS_IDLE held SCP sessions per transport that exchanged 1–2 messages of 64 bytes" \
         "Gate RSS (user space; kernel socket buffers are not in RSS) while the sessions are held − before they connected, ÷ sessions; a fresh gate per row. Baseline: SCP over TCP." \
         "SCP over TCP=$TMP/ws-idle-tcp.json" "SCP over WebSocket=$TMP/ws-idle-ws.json" "SCP over WebSocket + TLS=$TMP/ws-idle-wss.json"
+    echo "Host load average (1 min) when the scenario started: $load_start; when it ended: $(cut -d' ' -f1 /proc/loadavg)." >>"$out"
 }
 
 run() {
