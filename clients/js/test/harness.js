@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
-import { resolve } from 'node:path';
+import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /** The repository's root directory (ends with a slash). */
@@ -18,6 +18,19 @@ export const bin =
   [process.env.RINGGATE_BIN && resolve(process.env.RINGGATE_BIN), `${root}target/release/ringgate`, `${root}target/debug/ringgate`].find(
     (p) => p && existsSync(p),
   ) ?? null;
+
+/**
+ * The chat example (examples/chat.rs): $RINGGATE_CHAT, else `examples/chat`
+ * beside the gate binary, else in target/release or target/debug; null when
+ * there is none.
+ */
+export const chatBin =
+  [
+    process.env.RINGGATE_CHAT && resolve(process.env.RINGGATE_CHAT),
+    bin && `${dirname(bin)}/examples/chat`,
+    `${root}target/release/examples/chat`,
+    `${root}target/debug/examples/chat`,
+  ].find((p) => p && existsSync(p)) ?? null;
 
 /** A port free right now on loopback. */
 export function freePort() {
