@@ -99,13 +99,14 @@ function payloads(seed, n, max) {
 
 /**
  * In the page: an `ScpClient` to `url` sends `packets` (base64) as u16
- * packets in `drops.length + 1` batches; after each batch but the last the
- * connection drops at once, mid-stream: `'page'` closes the WebSocket from
- * the page, `'cut'` has the test reset the TCP connection
- * (`window.cutConnection`). The next batch is sent before the session has
- * resumed (it waits in the client). Last, a marker packet: once its echo is
- * back, anything repeated would have come before it. Returns the packets
- * echoed (base64), the resumes and any errors.
+ * packets, and the connection drops once per entry of `drops`, mid-stream:
+ * `'page'` closes the WebSocket from the page, `'cut'` has the test reset
+ * the TCP connection under it (`window.cutConnection`). Each round sends a
+ * batch, drops at once (the batch and its echoes on their way), and sends
+ * another batch before the session has resumed (it waits in the client).
+ * Last, a marker packet: once its echo is back, anything repeated would have
+ * come before it. Returns the packets echoed (base64), the resumes and any
+ * errors.
  */
 async function scpInPage({ url, packets, drops }) {
   const { ScpClient, webSocketTransport, encodePacket, PacketReader } = window.scp;
@@ -243,7 +244,7 @@ describe('in Chromium', { skip }, () => {
   }
 
   /** The SCP scenario through a cuttable relay to the gate's `port`. */
-  async function scpThroughRelay(t, page, scheme, port, seed) {
+  async function scpThroughRelay(t, page, scheme, port, seed, log) {
     const relay = await cuttableRelay(port);
     t.after(() => relay.close());
     const cuts = [];
@@ -252,7 +253,7 @@ describe('in Chromium', { skip }, () => {
     const sent = payloads(seed, 120, 3000);
     const drops = ['cut', 'page', 'cut', 'page', 'cut', 'page'];
     const r = await page.evaluate(scpInPage, { url: `${scheme}://127.0.0.1:${relay.port}/`, packets: sent.map((p) => p.toString('base64')), drops });
-    assert.deepEqual(r.errors, []);
+    assert.deepEqual(r.errors, [], log());
     assert.equal(r.resumes, drops.length);
     assert.equal(r.sockets, drops.length + 1, 'one WebSocket per connection');
     assert.equal(cuts.length, 3);
@@ -265,8 +266,8 @@ describe('in Chromium', { skip }, () => {
 
   test('SCP over ws://: echoes byte for byte across drops from both ends, nothing lost or repeated', async (t) => {
     const ws = await freePort();
-    await startGate(t, ['--listen', `127.0.0.1:${await freePort()}`, '--ws', `127.0.0.1:${ws}`, '--ws-mode', 'scp'], ws);
-    await scpThroughRelay(t, await newPage(t), 'ws', ws, 11);
+    const { log } = await startGate(t, ['--listen', `127.0.0.1:${await freePort()}`, '--ws', `127.0.0.1:${ws}`, '--ws-mode', 'scp'], ws);
+    await scpThroughRelay(t, await newPage(t), 'ws', ws, 11, log);
   });
 
   test('packets over ws://: each u16 packet echoed as one message', async (t) => {
@@ -326,13 +327,13 @@ describe('in Chromium', { skip }, () => {
       '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', key, '-out', cert], { stdio: 'ignore' });
     const spki = createHash('sha256').update(createPublicKey(readFileSync(cert)).export({ type: 'spki', format: 'der' })).digest('base64');
     const wss = await freePort();
-    await startGate(
+    const { log } = await startGate(
       t,
       ['--listen', `127.0.0.1:${await freePort()}`, '--wss', `127.0.0.1:${wss}`, '--tls-cert', cert, '--tls-key', key, '--ws-mode', 'scp'],
       wss,
     );
     const pinned = await launch([`--ignore-certificate-errors-spki-list=${spki}`]);
     t.after(() => pinned.close());
-    await scpThroughRelay(t, await newPage(t, 0, pinned), 'wss', wss, 13);
+    await scpThroughRelay(t, await newPage(t, 0, pinned), 'wss', wss, 13, log);
   });
 });
