@@ -23,7 +23,9 @@
 # one this tree builds (the load generator and echo server are always this
 # tree's) and writes perf/results/compare-<date>.md; OLD_LABEL names the old
 # binary in the tables. Scenarios: echo-small, relay-baseline, idle-memory,
-# storm, churn (default: all five).
+# storm, churn (default: all five), and paired: both gates loaded at the same
+# time, PAIRED_ROUNDS rounds (default 4) alternating which starts first, for a
+# CPU-per-message ratio that a noisy host disturbs less.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,7 +65,7 @@ trap 'exit 130' INT TERM
 
 usage() {
     echo "usage: $0 [echo-small|idle-memory|storm|bulk|relay-baseline|churn|msgserver|vs-goscon|all]" >&2
-    echo "       OLD=/path/to/old/ringgate $0 compare [echo-small|relay-baseline|idle-memory|storm|churn...]" >&2
+    echo "       OLD=/path/to/old/ringgate $0 compare [echo-small|relay-baseline|idle-memory|storm|churn|paired...]" >&2
     exit 2
 }
 
@@ -76,7 +78,7 @@ compare)
     [ ${#COMPARE[@]} -eq 0 ] && COMPARE=(echo-small relay-baseline idle-memory storm churn)
     for s in "${COMPARE[@]}"; do
         case "$s" in
-        echo-small | relay-baseline | idle-memory | storm | churn) ;;
+        echo-small | relay-baseline | idle-memory | storm | churn | paired) ;;
         *) usage ;;
         esac
     done
@@ -763,6 +765,91 @@ cmp_churn() {
     churn_run "$TMP/cmp-ch-$tag-many.json" "$IDLE_MANY"
 }
 
+# cmp_paired OUT : the old and the new gate under the same load at the same
+# time, PAIRED_ROUNDS rounds (default 4), the start order alternating: on a
+# shared, noisy host both see the same interference, so the ratio of their
+# CPU per message holds steadier than two runs one after the other.
+cmp_paired() {
+    local out=$1 rounds=${PAIRED_ROUNDS:-4} r
+    local conns=500
+    echo_server
+    local echo_a=$ECHO_PORT echo_a_pid=$ECHO_PID
+    echo_server
+    local echo_b=$ECHO_PORT
+    for r in $(seq "$rounds"); do
+        echo "-- paired round $r"
+        local first=old second=new
+        [ $((r % 2)) = 0 ] && first=new second=old
+        local tag port pid
+        declare -A gport gpid before
+        for tag in $first $second; do
+            if [ "$tag" = old ]; then GATE_BIN=$OLD; else GATE_BIN=$BIN; fi
+            next_port
+            port=$PORT
+            local up=$echo_a
+            [ "$tag" = new ] && up=$echo_b
+            start "gate-$tag" "$port" "$GATE_BIN" serve --listen "127.0.0.1:$port" --shards 1 \
+                --upstream "echo=127.0.0.1:$up" --max-sessions 100000
+            gport[$tag]=$port
+            gpid[$tag]=$LAST_PID
+        done
+        GATE_BIN=$BIN
+        local -a lgs=()
+        for tag in $first $second; do
+            before[$tag]=$(cpu_ticks "${gpid[$tag]}")
+        done
+        for tag in $first $second; do
+            "$BIN" loadgen --json "$TMP/cmp-pr-$tag-$r.json" --connect "127.0.0.1:${gport[$tag]}" --protocol scp \
+                --connections $conns --size 64 --rate 0 --duration "$DURATION" --shards 1 >"$TMP/cmp-pr-$tag-$r.txt" 2>&1 &
+            lgs+=($!)
+        done
+        wait "${lgs[@]}"
+        for tag in old new; do
+            python3 - "$TMP/cmp-pr-$tag-$r.json" "${before[$tag]}" "$(cpu_ticks "${gpid[$tag]}")" "$(getconf CLK_TCK)" <<'EOF'
+import json, sys
+path, before, after, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+d = json.load(open(path))
+d["cpu_seconds"] = (after - before) / hz
+json.dump(d, open(path, "w"), indent=2)
+EOF
+            with_cpu_per_million "$TMP/cmp-pr-$tag-$r.json"
+            stop "${gpid[$tag]}"
+        done
+    done
+    stop "$ECHO_PID"
+    stop "$echo_a_pid"
+    python3 - "$out" "$rounds" "$TMP" "$OLD_NAME" "$NEW_NAME" "$conns" "$DURATION" <<'EOF'
+import json, statistics, sys
+out, rounds, tmp, old_name, new_name, conns, secs = sys.argv[1:8]
+rows, cpu_r, msg_r = [], [], []
+for r in range(1, int(rounds) + 1):
+    o = json.load(open(f"{tmp}/cmp-pr-old-{r}.json"))
+    n = json.load(open(f"{tmp}/cmp-pr-new-{r}.json"))
+    co, cn = o["cpu_s_per_million_msgs"], n["cpu_s_per_million_msgs"]
+    cpu_r.append(cn / co)
+    msg_r.append(n["msgs_per_sec"] / o["msgs_per_sec"])
+    lost = o["bytes_lost"] + n["bytes_lost"] + o["bytes_duplicated"] + n["bytes_duplicated"]
+    first = "old" if r % 2 else "new"
+    rows.append(f"| {r} ({first} first) | {co:.2f} | {cn:.2f} | {cn / co:.3f}× | {o['msgs_per_sec']:,.0f} | {n['msgs_per_sec']:,.0f} | {n['msgs_per_sec'] / o['msgs_per_sec']:.3f}× | {lost} |")
+lines = [
+    f"## paired: both gates at once, {conns} SCP sessions each, 64-byte messages, {secs}s a round",
+    "",
+    "Each round starts the old and the new gate (1 shard each, each proxying to its own `ringgate echo`)",
+    "and loads both at the same time with their own load generators, so whatever else the host runs",
+    "slows both alike. CPU: each gate process's own CPU seconds over the round ÷ its echoed messages.",
+    "",
+    f"| round | {old_name}: CPU s / 1M msgs | {new_name}: CPU s / 1M msgs | new ÷ old | old msgs/s | new msgs/s | new ÷ old | bytes lost + dup |",
+    "|---|---|---|---|---|---|---|---|",
+    *rows,
+    f"| **median** | | | **{statistics.median(cpu_r):.3f}×** | | | **{statistics.median(msg_r):.3f}×** | |",
+    "",
+]
+text = "\n".join(lines)
+open(out, "a").write(text + "\n")
+print(text)
+EOF
+}
+
 compare() {
     local out="perf/results/compare-$DATE.md" s tag
     local old_rev=""
@@ -778,6 +865,10 @@ compare() {
     } >>"$out"
     for s in "${COMPARE[@]}"; do
         echo "== compare $s"
+        if [ "$s" = paired ]; then
+            cmp_paired "$out"
+            continue
+        fi
         for tag in old new; do
             if [ "$tag" = old ]; then GATE_BIN=$OLD; else GATE_BIN=$BIN; fi
             echo "-- $tag gate: $GATE_BIN"
