@@ -54,7 +54,7 @@ pub struct ServeArgs {
     /// Address clients connect to [default: 127.0.0.1:1248].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Threads, each with its own ring [default: the number of cores].
+    /// Threads, each with its own ring [default: from the cores and max_sessions].
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
     /// Upstream server; repeat for several. Replaces the file's hosts.
@@ -173,7 +173,7 @@ pub struct EchoArgs {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
-    /// Threads, each with its own ring [default: the number of cores].
+    /// Threads, each with its own ring [default: from the cores and the fd limit, for a million connections].
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
 }
