@@ -531,11 +531,11 @@ mod tests {
     fn flags_override_the_file() {
         let file = temp_file(
             "override.toml",
-            "listen = \"0.0.0.0:1\"\nshards = 0\nreuse_time = 5\nidle_timeout = \"1m\"\nannounce = \"proxy-v2\"\n\
+            "listen = \"0.0.0.0:1\"\nshards = 5000\nreuse_time = 5\nidle_timeout = \"1m\"\nannounce = \"proxy-v2\"\n\
              [upstream]\nnet = \"scp\"\n[[upstream.hosts]]\nname = \"old\"\naddr = \"h:1\"\n",
         );
         let file = file.to_str().unwrap();
-        // shards = 0 in the file is corrected by the flag before validation.
+        // shards = 5000 in the file is corrected by the flag before validation.
         let cfg = serve(&[
             "--config",
             file,

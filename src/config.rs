@@ -1770,7 +1770,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ringgate-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let bad = dir.join("bad.toml");
-        std::fs::write(&bad, "shards = 0\n").unwrap();
+        std::fs::write(&bad, "shards = 5000\n").unwrap();
         let err = ServeConfig::from_toml_file(&bad).unwrap_err().to_string();
         assert!(err.contains("bad.toml") && err.contains("shards"), "{err}");
         let yaml = dir.join("goscon.yaml");
