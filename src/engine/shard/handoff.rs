@@ -112,7 +112,11 @@ impl Shard {
             return;
         }
         if res == -libc::ENFILE {
-            if let Some(h) = sent.filter(|h| h.4 < HANDOFF_RETRIES) {
+            // Until half the handshake timeout: the owner drops the
+            // hand-over's bytes once the full timeout has passed.
+            let limit =
+                (self.hs_timers.duration().as_millis() / 2 / TICK.as_millis().max(1)) as u32;
+            if let Some(h) = sent.filter(|h| h.4 < limit) {
                 // The owner's table is full for now: try again next tick.
                 self.handoff_retry.push(h);
                 return;

@@ -57,8 +57,6 @@ const TICK: Duration = Duration::from_millis(50);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Per-session log lines a shard writes at info per second, at most.
 const SESSION_LINES: u32 = 100;
-/// Ticks a hand-over waits, at most, for room in its owner's table.
-const HANDOFF_RETRIES: u32 = 100;
 /// A hand-over message whose connection never arrived is dropped after the
 /// handshake timeout, but never sooner than this (a busy target may take a
 /// moment to see the connection).
