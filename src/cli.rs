@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// Threads, each with its own ring [default: from the cores and max_sessions].
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
+    /// Threads that drive the shards' rings [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// Upstream server; repeat for several. Replaces the file's hosts.
     #[arg(long = "upstream", value_name = "NAME=HOST:PORT[,WEIGHT]", value_parser = parse_upstream)]
     pub upstreams: Vec<UpstreamHost>,
@@ -120,6 +123,9 @@ impl ServeArgs {
         }
         if let Some(shards) = self.shards {
             cfg.shards = shards;
+        }
+        if let Some(threads) = self.threads {
+            cfg.threads = threads;
         }
         if !self.upstreams.is_empty() {
             cfg.upstream.hosts = self.upstreams.clone();

@@ -80,6 +80,9 @@ pub struct ServeConfig {
     /// descriptor table (capped at `RLIMIT_NOFILE`) cannot hold its share
     /// of `max_sessions`.
     pub shards: usize,
+    /// Threads that drive the shards' rings, each turning every
+    /// `threads`-th one. Default 0: one per core (at most one per shard).
+    pub threads: usize,
     /// Longest time a client may take to send its handshake record. Default 30 s.
     #[serde(with = "duration")]
     pub handshake_timeout: Duration,
@@ -202,6 +205,7 @@ impl Default for ServeConfig {
         Self {
             listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1248)),
             shards: 0,
+            threads: 0,
             handshake_timeout: Duration::from_secs(30),
             reuse_time: Duration::from_secs(30),
             reuse_buffer: 65536,
@@ -590,6 +594,12 @@ impl ServeConfig {
             return Err(invalid(format!(
                 "shards = {}: must be between 0 (automatic) and {MAX_SHARDS}",
                 self.shards
+            )));
+        }
+        if self.threads > MAX_SHARDS {
+            return Err(invalid(format!(
+                "threads = {}: must be between 0 (one per core) and {MAX_SHARDS}",
+                self.threads
             )));
         }
         if self.stable == Some(self.listen) {
@@ -1166,6 +1176,7 @@ impl ServeConfig {
         let cfg = crate::engine::Config {
             listen: self.listen,
             shards: self.shards,
+            shard_threads: self.threads,
             scp: !self.plain,
             handshake_timeout: self.handshake_timeout,
             reuse_time: self.reuse_time,

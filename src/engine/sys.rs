@@ -217,6 +217,27 @@ pub fn eventfd_signal(fd: i32) {
     }
 }
 
+/// Waits until `fd` (a non-blocking eventfd) has been signalled, at most
+/// `timeout`, and resets it. Returns false when the wait timed out.
+pub fn eventfd_wait(fd: i32, timeout: std::time::Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n <= 0 {
+        // Timed out, or a signal: either way the caller looks everywhere.
+        return false;
+    }
+    let mut word = 0u64;
+    // SAFETY: reads 8 bytes into a valid u64; EAGAIN (already reset) is harmless.
+    unsafe { libc::read(fd, &mut word as *mut u64 as *mut libc::c_void, 8) };
+    true
+}
+
 /// A TCP socket for `peer`'s address family, created straight into the
 /// ring's direct-descriptor table (the kernel picks the slot).
 pub fn direct_tcp_socket(peer: &SocketAddr) -> squeue::Entry {

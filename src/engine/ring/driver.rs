@@ -357,6 +357,29 @@ impl<T: Copy> Driver<T> {
         }
     }
 
+    /// Whether a turn of this ring would find something to do: entries to
+    /// submit, completions to reap, or task work the kernel deferred to the
+    /// next enter (`IORING_SQ_TASKRUN`, set on rings built by [`build`]).
+    /// Reads shared memory only, no system call.
+    pub fn has_work(&mut self) -> bool {
+        if !self.backlog.is_empty() {
+            return true;
+        }
+        let sq = self.ring.submission();
+        if !sq.is_empty() || sq.taskrun() {
+            return true;
+        }
+        drop(sq);
+        !self.ring.completion().is_empty()
+    }
+
+    /// Makes the kernel signal `eventfd` whenever this ring has new work for
+    /// its thread (a thread that drives several rings sleeps on one eventfd
+    /// registered with all of them).
+    pub fn register_eventfd(&self, eventfd: i32) -> io::Result<()> {
+        self.ring.submitter().register_eventfd(eventfd)
+    }
+
     /// Submits what is queued and moves every available completion into
     /// `out`. With `wait`, blocks until at least one completion is there —
     /// unless some entries are still waiting in the backlog, which is then
@@ -445,6 +468,8 @@ pub fn build(entries: u32) -> io::Result<IoUring> {
         .setup_cqsize(entries * 8)
         .setup_single_issuer()
         .setup_defer_taskrun()
+        // Tells a thread driving several rings which have deferred work.
+        .setup_taskrun_flag()
         .setup_submit_all()
         .build(entries);
     match tuned {

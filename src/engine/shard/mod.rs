@@ -55,6 +55,8 @@ const SINGLE_ACCEPTS: usize = 64;
 const TICK: Duration = Duration::from_millis(50);
 /// Shutdown waits at most this long for in-flight operations to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// A thread driving several shards turns all of them at least this often.
+const GROUP_SWEEP: Duration = Duration::from_millis(100);
 /// Per-session log lines a shard writes at info per second, at most.
 const SESSION_LINES: u32 = 100;
 /// A hand-over message whose connection never arrived is dropped after the
@@ -434,33 +436,114 @@ impl Shard {
     /// every shard that may still message it (the gate drops it after
     /// joining them all), and the receive buffers its operations may name.
     pub fn run(mut self) -> (Driver<Tag>, BufRing) {
+        self.start();
+        let mut done: Vec<Completion<Tag>> = Vec::with_capacity(1024);
+        while !self.turn(true, &mut done) {}
+        self.into_ring()
+    }
+
+    /// Runs several shards on the calling thread until every one has shut
+    /// down; returns their rings (see [`Shard::run`]). `eventfd` must be
+    /// registered with every shard's ring ([`Driver::register_eventfd`]):
+    /// the thread sleeps on it while none of the rings has work.
+    ///
+    /// This is how a gate holds more rings than it has cores (each ring's
+    /// descriptor table is capped at `RLIMIT_NOFILE`): one thread per core
+    /// turning the rings that have work, rather than a thread per ring,
+    /// which would pay a wake-up and a context switch for nearly every
+    /// completion once the threads outnumber the cores.
+    pub fn run_group(mut shards: Vec<Shard>, eventfd: i32) -> Vec<(Driver<Tag>, BufRing)> {
+        for s in &mut shards {
+            s.start();
+        }
+        let mut done: Vec<Completion<Tag>> = Vec::with_capacity(1024);
+        let mut finished = vec![false; shards.len()];
+        // Shards to turn whether or not they look ready: all of them at
+        // start and after a wait that timed out (a safety net; each ring's
+        // own tick signals anyway), and any a waker nudged as the thread
+        // was going to sleep.
+        let mut due = vec![true; shards.len()];
+        while finished.iter().any(|f| !f) {
+            let mut busy = false;
+            for ((s, fin), due) in shards.iter_mut().zip(&mut finished).zip(&mut due) {
+                if !*fin && (std::mem::take(due) || s.ready()) {
+                    busy = true;
+                    *fin = s.turn(false, &mut done);
+                }
+            }
+            if busy {
+                continue;
+            }
+            // Nothing to do: tell the wakers, and sleep unless one of them
+            // was quicker.
+            let mut sleep = true;
+            for ((s, fin), due) in shards.iter().zip(&finished).zip(&mut due) {
+                if !*fin && !s.shared.shards[s.index].prepare_sleep() {
+                    *due = true;
+                    sleep = false;
+                }
+            }
+            if sleep && !sys::eventfd_wait(eventfd, GROUP_SWEEP) {
+                due.fill(true);
+            }
+            for s in &shards {
+                s.shared.shards[s.index].woke();
+            }
+        }
+        shards.into_iter().map(Shard::into_ring).collect()
+    }
+
+    /// The operations a shard always has in flight.
+    fn start(&mut self) {
         self.arm_accept();
         self.arm_tick();
         self.arm_wake();
-        let mut done: Vec<Completion<Tag>> = Vec::with_capacity(1024);
-        loop {
-            self.worker_round();
-            self.skynet_round();
-            self.control_round();
-            let link = &self.shared.shards[self.index];
-            let wait = link.prepare_sleep();
-            self.d.submit_and_reap(wait, &mut done);
-            self.shared.shards[self.index].woke();
-            if self.idle_timers.is_some() {
-                self.clock = Instant::now();
-            }
-            for c in done.drain(..) {
-                self.dispatch(c);
-            }
-            self.after_batch();
-            if let Some(since) = self.stopping {
-                let drained = self.conns.is_empty() && self.sessions.is_empty();
-                if drained || since.elapsed() > SHUTDOWN_GRACE {
-                    break;
-                }
+    }
+
+    /// Whether a turn would find work: completions or submissions on the
+    /// ring, or something queued for the shard by another thread.
+    fn ready(&mut self) -> bool {
+        let link = &self.shared.shards[self.index];
+        link.nudged.load(Ordering::SeqCst)
+            || !link.commands.is_empty()
+            || !link.control.is_empty()
+            || self.d.has_work()
+    }
+
+    /// One round of the event loop: queued requests, submit, reap (waiting
+    /// for a completion if `may_wait` and nothing is queued), dispatch.
+    /// Returns true once the shard has shut down.
+    fn turn(&mut self, may_wait: bool, done: &mut Vec<Completion<Tag>>) -> bool {
+        if !may_wait {
+            // The rounds below see whatever was queued before the nudge.
+            self.shared.shards[self.index]
+                .nudged
+                .store(false, Ordering::SeqCst);
+        }
+        self.worker_round();
+        self.skynet_round();
+        self.control_round();
+        let wait = may_wait && self.shared.shards[self.index].prepare_sleep();
+        self.d.submit_and_reap(wait, done);
+        self.shared.shards[self.index].woke();
+        if self.idle_timers.is_some() {
+            self.clock = Instant::now();
+        }
+        for c in done.drain(..) {
+            self.dispatch(c);
+        }
+        self.after_batch();
+        if let Some(since) = self.stopping {
+            let drained = self.conns.is_empty() && self.sessions.is_empty();
+            if drained || since.elapsed() > SHUTDOWN_GRACE {
+                debug!(shard = self.index, "shard stopped");
+                return true;
             }
         }
-        debug!(shard = self.index, "shard stopped");
+        false
+    }
+
+    fn into_ring(self) -> (Driver<Tag>, BufRing) {
         let Shard { d, bufs, .. } = self;
         (d, bufs)
     }
