@@ -223,9 +223,12 @@ pub struct LoadgenArgs {
     /// Source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.50.
     #[arg(long, value_name = "A-B")]
     pub source_ips: Option<IpRange>,
-    /// Client threads [default: the number of cores].
+    /// Client rings [default: enough for --connections under the fd limit, at least one per core].
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
+    /// Threads that drive the client rings [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -270,6 +273,7 @@ impl LoadgenArgs {
                 .map(|r| expand_range(r.first, r.last))
                 .unwrap_or_default(),
             shards: self.shards,
+            threads: self.threads,
             json: self.json.clone(),
             progress: true,
             login: self.login,

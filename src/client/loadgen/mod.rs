@@ -84,6 +84,8 @@ pub struct LoadgenConfig {
     pub source_ips: Vec<IpAddr>,
     /// Client shards; `None` chooses from the connection count.
     pub shards: Option<usize>,
+    /// Threads that drive the shards; `None`: one per core.
+    pub threads: Option<usize>,
     /// Where to write the JSON report.
     pub json: Option<PathBuf>,
     /// Show a progress line (only drawn when stdout is a terminal).
@@ -122,6 +124,7 @@ impl Default for LoadgenConfig {
             storm: false,
             source_ips: Vec::new(),
             shards: None,
+            threads: None,
             json: None,
             progress: false,
             seed: 0x005e_ed0f_1a4d,
@@ -318,17 +321,35 @@ pub fn run(cfg: LoadgenConfig) -> Result<Report, LoadgenError> {
     });
     let cfg = Arc::new(cfg);
 
-    let mut threads = Vec::with_capacity(shards);
-    for index in 0..shards {
-        let count = cfg.connections / shards + usize::from(index < cfg.connections % shards);
+    // One thread per core at most, each driving every `nthreads`-th shard.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let nthreads = if cfg.protocol == Protocol::Msgserver {
+        shards
+    } else {
+        cfg.threads.unwrap_or(cores).clamp(1, shards)
+    };
+    let mut threads = Vec::with_capacity(nthreads);
+    for t in 0..nthreads {
+        let members: Vec<(usize, usize)> = (t..shards)
+            .step_by(nthreads)
+            .map(|index| {
+                let count =
+                    cfg.connections / shards + usize::from(index < cfg.connections % shards);
+                (index, count)
+            })
+            .collect();
         let (cfg, ctl) = (cfg.clone(), ctl.clone());
-        let body = match cfg.protocol {
-            Protocol::Msgserver => msgserver::run,
-            _ => shard::run,
-        };
         let t = std::thread::Builder::new()
-            .name(format!("loadgen-{index}"))
-            .spawn(move || body(index, shards, count, cfg, ctl))
+            .name(format!("loadgen-{t}"))
+            .spawn(move || match cfg.protocol {
+                Protocol::Msgserver => members
+                    .into_iter()
+                    .map(|(index, count)| {
+                        msgserver::run(index, shards, count, cfg.clone(), ctl.clone())
+                    })
+                    .collect(),
+                _ => shard::run(members, shards, cfg, ctl),
+            })
             .map_err(|e| LoadgenError::Thread(format!("cannot start a shard: {e}")))?;
         threads.push(t);
     }
@@ -433,8 +454,14 @@ pub fn run(cfg: LoadgenConfig) -> Result<Report, LoadgenError> {
     let mut failure = None;
     for t in threads {
         match t.join() {
-            Ok(Ok(r)) => parts.push(r),
-            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Ok(results) => {
+                for r in results {
+                    match r {
+                        Ok(r) => parts.push(r),
+                        Err(e) => failure = failure.or(Some(e)),
+                    }
+                }
+            }
             Err(_) => failure = failure.or(Some(LoadgenError::Thread("a shard panicked".into()))),
         }
     }
