@@ -12,7 +12,8 @@
 # default 25000), HOLD (seconds held before the storm, default 60), RATE
 # (messages per second per session, default 0.01), OUT (default perf/results),
 # MIN_AVAILABLE_KIB (the run is stopped when MemAvailable falls under it,
-# default 4 GiB: the machine may be shared).
+# default 4 GiB: the machine may be shared), REUSE_TIME (the gate's
+# --reuse-time; default: the gate's own, 30 s).
 #
 # Run it as root: it raises the sysctls such a run needs and says what it
 # changed (it restores nothing). The gate runs with its default settings
@@ -29,6 +30,9 @@ RATE=${RATE:-0.01}
 OUT=${OUT:-perf/results}
 # The run stops when the machine's MemAvailable falls under this (KiB).
 MIN_AVAILABLE_KIB=${MIN_AVAILABLE_KIB:-4194304}
+# The gate's reuse_time (how long a dropped session waits for its client);
+# empty: the gate's default (30 s).
+export REUSE_TIME=${REUSE_TIME:-}
 BIN=target/release/ringgate
 PORT=19248
 ADMIN=127.0.0.1:19247
@@ -135,7 +139,15 @@ if [ "$MODE" = proxy ]; then
     for i in $(seq 0 $((ECHOS - 1))); do wait_port "127.0.0.1:$((ECHO_PORT + i))"; done
     echo "upstream: $ECHOS ringgate echo processes"
 fi
-RUST_LOG=${RUST_LOG:-warn} "$BIN" serve --listen "127.0.0.1:$PORT" --admin "$ADMIN" "${UPSTREAMS[@]}" \
+# The gate listens with SO_REUSEPORT: another process on the port would
+# silently take a share of the connections.
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+    echo "something already listens on 127.0.0.1:$PORT" >&2
+    exit 1
+fi
+GATE_OPTS=()
+[ -n "$REUSE_TIME" ] && GATE_OPTS+=(--reuse-time "$REUSE_TIME")
+RUST_LOG=${RUST_LOG:-warn} "$BIN" serve --listen "127.0.0.1:$PORT" --admin "$ADMIN" "${UPSTREAMS[@]}" "${GATE_OPTS[@]}" \
     >"$TMP/gate.log" 2>&1 &
 GATE=$!
 PIDS+=("$GATE")
@@ -178,10 +190,13 @@ echo "== load: $SESSIONS sessions at $RAMP/s, held ${HOLD}s at $RATE msg/s each,
 LOADGEN=$!
 PIDS+=("$LOADGEN")
 echo "$LOADGEN" >"$TMP/loadgen.pid"
-# Figures while every session is held and quiet: halfway through the hold.
-HELD_AT=$((SESSIONS / RAMP + HOLD / 2 + 5))
+# Figures while every session is held and quiet: halfway through the hold,
+# counted from when the gate holds them all (the ramp may be slower than asked).
 HELD=""
-for _ in $(seq $((HELD_AT * 10))); do
+while kill -0 "$LOADGEN" 2>/dev/null && [ "$(tail -1 "$SAMPLES" | cut -f2)" != "$SESSIONS" ]; do
+    sleep 0.5
+done
+for _ in $(seq $((HOLD * 5))); do
     kill -0 "$LOADGEN" 2>/dev/null || break
     sleep 0.1
 done
@@ -255,7 +270,9 @@ with open(out, "w") as f:
     f.write(f"# ringgate: {sessions:,} sessions on one small machine ({mode})\n\n")
     f.write(f"Host: {os.cpu_count()} cores, {int(open('/proc/meminfo').readline().split()[1]) // 1024 // 1024} GiB, "
             f"kernel {os.uname().release}, RLIMIT_NOFILE {os.popen('ulimit -Hn').read().strip()}; loopback. Commit {commit}.\n")
-    f.write(f"Gate: `ringgate serve` with default settings ({'built-in echo' if mode == 'echo' else 'proxying to ringgate echo processes'}); "
+    reuse = os.environ.get("REUSE_TIME")
+    settings = f"default settings except `--reuse-time {reuse}`" if reuse else "default settings (reuse_time 30 s)"
+    f.write(f"Gate: `ringgate serve` with {settings} ({'built-in echo' if mode == 'echo' else 'proxying to ringgate echo processes'}); "
             f"load generator on the same two cores; ramp asked {int(ramp):,}/s, held {hold} s, each session sending a 64-byte message about every 100 s, "
             "then every connection reset at once and resumed.\n\n")
     if os.path.exists(f"{tmp}/aborted"):
