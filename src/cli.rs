@@ -99,6 +99,9 @@ pub struct ServeArgs {
     /// An origin allowed to open a WebSocket; repeat for several. Replaces the file's [default: any].
     #[arg(long = "ws-origin", value_name = "ORIGIN")]
     pub ws_origins: Vec<String>,
+    /// Also listen here (UDP) for SCP over KCP, as kcp-go clients speak it; may be the TCP address [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub kcp: Option<SocketAddr>,
 }
 
 fn parse_ws_mode(s: &str) -> Result<crate::config::WsMode, String> {
@@ -161,6 +164,9 @@ impl ServeArgs {
         }
         if !self.ws_origins.is_empty() {
             cfg.websocket.origins = self.ws_origins.clone();
+        }
+        if let Some(addr) = self.kcp {
+            cfg.kcp.listen = Some(addr);
         }
         cfg.validate()?;
         Ok(cfg)

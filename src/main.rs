@@ -176,6 +176,9 @@ fn run(what: &str, cfg: engine::Config, ops: Option<Ops>) -> ExitCode {
     for (addr, door) in gate.door_addrs().iter().zip(&doors) {
         println!("ringgate {what}: {door} clients on {addr}");
     }
+    if let Some(addr) = gate.kcp_addr() {
+        println!("ringgate {what}: scp-over-kcp clients on udp {addr}");
+    }
     let stopper = gate.stopper();
     match signals {
         Ok(mut signals) => {

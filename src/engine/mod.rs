@@ -31,6 +31,7 @@ pub mod backend;
 pub mod control;
 pub mod door;
 pub mod endpoint;
+pub mod kcp;
 pub mod outbound;
 pub mod ring;
 pub mod session;
@@ -115,6 +116,8 @@ pub struct Config {
     /// The skynet doors' decisions, queues and settings; required when a
     /// listener is a skynet door.
     pub skynet: Option<std::sync::Arc<skynet::SkynetHub>>,
+    /// A KCP door (SCP over KCP over UDP), if any.
+    pub kcp: Option<kcp::KcpListen>,
 }
 
 /// Receive-buffer memory all shards share when `recv_buffers` is 0.
@@ -163,6 +166,7 @@ impl Default for Config {
             ws: crate::proto::ws::WsSettings::default(),
             listen_door: None,
             skynet: None,
+            kcp: None,
         }
     }
 }
@@ -233,6 +237,8 @@ pub(crate) struct ShardLink {
     ring_fd: AtomicI32,
     eventfd: i32,
     inbox: SegQueue<Handoff>,
+    /// KCP conversations moving here, and datagrams for them.
+    kcp_inbox: SegQueue<shard::KcpMsg>,
     stats: ShardStats,
     /// Requests from the operator (kick, list sessions), answered by the
     /// shard on its own thread.
@@ -371,7 +377,11 @@ impl ShardLink {
         self.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let nudged = self.nudged.swap(false, Ordering::SeqCst);
-        if !nudged && self.commands.is_empty() && self.control.is_empty() {
+        if !nudged
+            && self.commands.is_empty()
+            && self.control.is_empty()
+            && self.kcp_inbox.is_empty()
+        {
             return true;
         }
         self.sleeping.store(false, Ordering::Relaxed);
@@ -399,12 +409,21 @@ impl Drop for Shared {
 struct ShardRing(
     #[allow(dead_code)] ring::Driver<shard::Tag>,
     #[allow(dead_code)] ring::BufRing,
+    #[allow(dead_code)] Option<ring::BufRing>,
 );
 
 // SAFETY: the shard thread that used these has exited and kept no other
 // handle to them (no buffer guard outlives a completion), so moving them to
 // the joining thread, which only drops them, shares nothing.
 unsafe impl Send for ShardRing {}
+
+/// Closes the KCP sockets of a start that failed.
+fn close_all(fds: &[Option<i32>]) {
+    for fd in fds.iter().flatten() {
+        // SAFETY: sockets we just opened and nobody else holds.
+        unsafe { libc::close(*fd) };
+    }
+}
 
 /// A running gate.
 pub struct Gate {
@@ -413,6 +432,7 @@ pub struct Gate {
     threads: Vec<JoinHandle<Option<ShardRing>>>,
     local: SocketAddr,
     door_addrs: Vec<SocketAddr>,
+    kcp_addr: Option<SocketAddr>,
 }
 
 impl Gate {
@@ -455,6 +475,33 @@ impl Gate {
         }
         let local = bound[0].0;
         let door_addrs: Vec<SocketAddr> = bound[1..].iter().map(|(a, _)| *a).collect();
+        // One UDP socket per shard for the KCP door, the first fixing the port.
+        let mut kcp_fds: Vec<Option<i32>> = vec![None; shards];
+        let mut kcp_addr = None;
+        if let Some(k) = &cfg.kcp {
+            k.settings
+                .validate()
+                .map_err(|e| SetupError::Other(format!("kcp: {e}")))?;
+            let mut addr = k.addr;
+            for slot in kcp_fds.iter_mut() {
+                let sock = match sys::udp_socket(addr, k.recv_buffer, k.send_buffer) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        close_all(&kcp_fds);
+                        return Err(e);
+                    }
+                };
+                if kcp_addr.is_none() {
+                    addr = sock
+                        .local_addr()
+                        .ok()
+                        .and_then(|a| a.as_socket())
+                        .ok_or_else(|| SetupError::Other("kcp socket has no address".into()))?;
+                    kcp_addr = Some(addr);
+                }
+                *slot = Some(sock.into_raw_fd());
+            }
+        }
         // listeners[shard] = that shard's socket for each address, in order.
         let mut listeners: Vec<Vec<(i32, door::Door)>> = vec![
             firsts
@@ -473,6 +520,7 @@ impl Gate {
                             // SAFETY: fds we just opened and nobody else holds.
                             unsafe { libc::close(fd) };
                         }
+                        close_all(&kcp_fds);
                         return Err(e);
                     }
                 }
@@ -490,6 +538,7 @@ impl Gate {
                 ring_fd: AtomicI32::new(-1),
                 eventfd,
                 inbox: SegQueue::new(),
+                kcp_inbox: SegQueue::new(),
                 stats: ShardStats::default(),
                 control: SegQueue::new(),
                 sleeping: AtomicBool::new(false),
@@ -524,6 +573,7 @@ impl Gate {
         let mut go = Vec::with_capacity(shards);
         let mut threads = Vec::with_capacity(shards);
         for (index, listener) in listeners.into_iter().enumerate() {
+            let kcp_fd = kcp_fds[index];
             let (go_tx, go_rx) = mpsc::channel::<bool>();
             go.push(go_tx);
             let (cfg, shared, ready_tx) = (cfg.clone(), shared.clone(), ready_tx.clone());
@@ -547,7 +597,15 @@ impl Gate {
                             shared.shards[index]
                                 .ring_fd
                                 .store(ring.as_raw_fd(), Ordering::Release);
-                            shard::Shard::new(index, ring, cfg, shared.clone(), listener, local)
+                            shard::Shard::new(
+                                index,
+                                ring,
+                                cfg,
+                                shared.clone(),
+                                listener,
+                                local,
+                                kcp_fd,
+                            )
                         });
                     let shard = match built {
                         Ok(s) => {
@@ -557,7 +615,7 @@ impl Gate {
                         Err(e) => {
                             shared.shards[index].ring_fd.store(-1, Ordering::Release);
                             let _ = ready_tx.send(Err(e));
-                            for fd in &listen_fds {
+                            for fd in listen_fds.iter().chain(&kcp_fd) {
                                 // SAFETY: our listener fds, unused elsewhere.
                                 unsafe { libc::close(*fd) };
                             }
@@ -567,11 +625,11 @@ impl Gate {
                     let ring = (go_rx.recv() == Ok(true)).then(|| shard.run());
                     // Other shards stop handing connections to this one.
                     shared.shards[index].ring_fd.store(-1, Ordering::Release);
-                    for fd in &listen_fds {
+                    for fd in listen_fds.iter().chain(&kcp_fd) {
                         // SAFETY: as above; the ring that used them no longer accepts.
                         unsafe { libc::close(*fd) };
                     }
-                    ring.map(|(d, bufs)| ShardRing(d, bufs))
+                    ring.map(|(d, bufs, kbufs)| ShardRing(d, bufs, kbufs))
                 })
                 .map_err(|e| SetupError::Other(format!("cannot start a shard thread: {e}")))?;
             threads.push(t);
@@ -605,6 +663,7 @@ impl Gate {
             threads,
             local,
             door_addrs,
+            kcp_addr,
         })
     }
 
@@ -616,6 +675,11 @@ impl Gate {
     /// The addresses of [`Config::doors`], in order, with the real ports.
     pub fn door_addrs(&self) -> &[SocketAddr] {
         &self.door_addrs
+    }
+
+    /// The KCP door's UDP address (with the real port), if there is one.
+    pub fn kcp_addr(&self) -> Option<SocketAddr> {
+        self.kcp_addr
     }
 
     /// Number of shards.

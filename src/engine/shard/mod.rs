@@ -17,12 +17,15 @@ mod conn;
 mod control;
 mod handoff;
 mod housekeeping;
+mod kcp;
 mod sessions;
 mod skynet;
 mod stable;
 mod upstream;
 mod workers;
 mod ws;
+
+pub(crate) use kcp::KcpMsg;
 
 use super::backend::{Backend, UpstreamChoice, UpstreamPolicy};
 use super::door::{Door, DoorGreeting, StableIndex};
@@ -80,6 +83,9 @@ pub(crate) enum Op {
     HandoffIn,
     HandoffOut,
     SlotClosed,
+    KcpRecv,
+    KcpSend,
+    KcpTick,
 }
 
 /// A completion's tag: the operation and the slab entry (with its epoch, so
@@ -159,6 +165,9 @@ struct Conn {
     last_rx: Instant,
     /// A WebSocket door's connection: its upgrade and frames.
     ws: Option<Box<crate::proto::ws::WsConn>>,
+    /// A KCP conversation's stream: the conversation (its endpoint is
+    /// detached; see `kcp.rs`).
+    kcp: Option<usize>,
 }
 
 /// How an upstream link is coming along.
@@ -278,6 +287,8 @@ pub struct Shard {
     worker_waiting: Vec<(usize, u32)>,
     /// The skynet doors' users and connections, when the gate has them.
     skynet: Option<Box<skynet::SkynetShard>>,
+    /// The KCP door, when the gate has one.
+    kcp: Option<Box<kcp::KcpSide>>,
 }
 
 /// A peer address for log lines: the address, or `?` when the kernel did
@@ -303,6 +314,7 @@ impl Shard {
         shared: Arc<Shared>,
         listeners: Vec<(i32, Door)>,
         local: SocketAddr,
+        kcp_fd: Option<i32>,
     ) -> Result<Shard, sys::SetupError> {
         let wanted = match cfg.direct_table {
             0 => cfg.max_sessions / cfg.shards.max(1) * 2 + 1024,
@@ -317,6 +329,10 @@ impl Shard {
         let recv_policy = RecvPolicy {
             buf_size: cfg.recv_buffer_size,
             capped_multishot: super::endpoint::probe_capped_multishot(&bufs, &mut ring),
+        };
+        let kcp = match (kcp_fd, &cfg.kcp) {
+            (Some(fd), Some(k)) => Some(Box::new(kcp::KcpSide::new(&ring, fd, k.clone())?)),
+            _ => None,
         };
         let space = IdSpace::new(cfg.shards);
         let (proxy, hub) = match &cfg.backend {
@@ -336,6 +352,7 @@ impl Shard {
             hub,
             worker_waiting: Vec::new(),
             skynet: skynet::SkynetShard::for_config(&cfg),
+            kcp,
             cfg,
             shared,
             listeners: listeners
@@ -427,8 +444,9 @@ impl Shard {
     /// Runs until shutdown completes; returns the ring, which must outlive
     /// every shard that may still message it (the gate drops it after
     /// joining them all), and the receive buffers its operations may name.
-    pub fn run(mut self) -> (Driver<Tag>, BufRing) {
+    pub fn run(mut self) -> (Driver<Tag>, BufRing, Option<BufRing>) {
         self.arm_accept();
+        self.arm_kcp_recv();
         self.arm_tick();
         self.arm_wake();
         let mut done: Vec<Completion<Tag>> = Vec::with_capacity(1024);
@@ -436,6 +454,7 @@ impl Shard {
             self.worker_round();
             self.skynet_round();
             self.control_round();
+            self.kcp_round();
             let link = &self.shared.shards[self.index];
             let wait = link.prepare_sleep();
             self.d.submit_and_reap(wait, &mut done);
@@ -455,8 +474,8 @@ impl Shard {
             }
         }
         debug!(shard = self.index, "shard stopped");
-        let Shard { d, bufs, .. } = self;
-        (d, bufs)
+        let Shard { d, bufs, kcp, .. } = self;
+        (d, bufs, kcp.map(|k| k.into_bufs()))
     }
 
     fn dispatch(&mut self, c: Completion<Tag>) {
@@ -482,11 +501,15 @@ impl Shard {
             Op::Wake => self.on_wake(),
             Op::HandoffIn => self.on_handoff_in(index, epoch, c.result),
             Op::HandoffOut => self.on_handoff_out(index, epoch, c.result),
+            Op::KcpRecv => self.on_kcp_recv(c),
+            Op::KcpSend => self.on_kcp_send(c),
+            Op::KcpTick => self.on_kcp_tick(&c),
             Op::Close | Op::UpClose | Op::SlotClosed => {}
         }
     }
 
     fn after_batch(&mut self) {
+        self.kcp_after_batch();
         if self.stopping.is_none() && !self.listeners.is_empty() {
             let free = self.table.saturating_sub(self.slots);
             let burst = LISTEN_BACKLOG as usize * self.listeners.len();
