@@ -525,7 +525,9 @@ impl Conversation {
 
     /// When [`update`](Self::update) is next due, on the caller's clock.
     pub fn check(&self, now: u32) -> u32 {
-        self.kcp.check(now)
+        // The crate answers with the delay from `now` (ikcp_check answers
+        // with the time).
+        now.wrapping_add(self.kcp.check(now))
     }
 }
 
@@ -772,6 +774,17 @@ mod tests {
         long[4] = CMD_PUSH;
         long[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(a.input(&long, 1_000_000), Err(Refused::Truncated));
+    }
+
+    #[test]
+    fn check_names_a_time_within_the_interval() {
+        let s = KcpSettings::default();
+        let mut a = Conversation::new(1, &s, 1000);
+        a.send(b"x");
+        let mut out = Vec::new();
+        a.flush(1000, &mut out);
+        let due = a.check(1003);
+        assert!((1003..=1003 + s.interval).contains(&due), "{due}");
     }
 
     #[test]
