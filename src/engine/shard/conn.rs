@@ -266,7 +266,11 @@ impl Shard {
                 match conn.ep.send_op() {
                     Some(op) if sent > 0 => {
                         conn.sending_session = true;
-                        s.reads.retain(|r| d.is_in_flight(*r));
+                        // Prune finished sends only when the inline room is
+                        // used up: most sessions never get that far.
+                        if s.reads.len() == s.reads.inline_size() {
+                            s.reads.retain(|r| d.is_in_flight(*r));
+                        }
                         s.reads.push(op);
                     }
                     _ => {}

@@ -314,26 +314,41 @@ impl Shard {
     /// close when its work is done, its connection's and upstream's receives
     /// and sends, its notes for the workers, its entry freed at the end.
     pub(super) fn sync(&mut self, si: usize) {
-        if !self.sessions.contains(si) {
-            return;
-        }
+        // Every completion of every session comes here: each step below is
+        // skipped with a field test when it has nothing to do (no workers,
+        // no upstream, not a stable-connection session, not ended).
+        let workers = self.hub.is_some();
         // Notes first: the workers taking them gives the client room again,
         // which the endpoint below must see.
-        self.offer_notes(si);
-        let s = &self.sessions[si];
+        if workers {
+            self.offer_notes(si);
+        }
+        let Some(s) = self.sessions.get(si) else {
+            return;
+        };
         if !s.ended {
             if let Some(reason) = s.relay.closing().or_else(|| s.relay.poll_close()) {
                 self.close_session(si, reason);
             }
         }
-        self.reindex(si);
-        if let Some(ci) = self.sessions[si].conn {
+        if self.sessions[si].relay.is_stable() {
+            self.reindex(si);
+        }
+        let s = &self.sessions[si];
+        let (conn, up) = (s.conn, s.up.is_some());
+        if let Some(ci) = conn {
             self.sync_conn(ci);
         }
-        self.sync_up(si);
+        if up {
+            self.sync_up(si);
+        }
         // A close above leaves its note for the workers.
-        self.offer_notes(si);
-        self.maybe_free_session(si);
+        if workers {
+            self.offer_notes(si);
+        }
+        if self.sessions[si].ended {
+            self.maybe_free_session(si);
+        }
     }
 
     /// Publishes the session's client address for `Handle::peer_addr`.
