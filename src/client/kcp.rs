@@ -93,28 +93,22 @@ impl Link {
     }
 }
 
-/// A KCP connection to a gate.
-pub struct KcpStream {
+/// One client conversation with a gate's KCP door, without blocking: a
+/// non-blocking UDP socket of its own, the conversation, and the link's
+/// impairment. [`KcpStream`] blocks on one; the load generator polls many.
+pub struct KcpLink {
     sock: UdpSocket,
     conv: Conversation,
     origin: Instant,
-    timeout: Option<Duration>,
-    interval: Duration,
     link: Option<Link>,
-    /// Received bytes not yet read.
-    rx: Vec<u8>,
     out: Vec<Vec<u8>>,
+    buf: Vec<u8>,
 }
 
-impl KcpStream {
-    /// Opens a conversation with the gate's KCP door at `addr` from a new
-    /// local port. Nothing is sent until the first write. `timeout` bounds
-    /// every read and write (tests must never hang).
-    pub fn connect(
-        addr: SocketAddr,
-        dial: &KcpDial,
-        timeout: Option<Duration>,
-    ) -> io::Result<KcpStream> {
+impl KcpLink {
+    /// Opens a conversation with the door at `addr` from a new local port,
+    /// with a random conversation id. Nothing is sent until data is.
+    pub fn open(addr: SocketAddr, dial: &KcpDial) -> io::Result<KcpLink> {
         let local: SocketAddr = if addr.is_ipv4() {
             "0.0.0.0:0".parse().expect("an address")
         } else {
@@ -122,22 +116,27 @@ impl KcpStream {
         };
         let sock = UdpSocket::bind(local)?;
         sock.connect(addr)?;
+        sock.set_nonblocking(true)?;
         let conv: u32 = rand::random();
         let link = (!dial.impair.is_clean()).then(|| Link {
             rng: StdRng::seed_from_u64(dial.impair.seed ^ conv as u64),
             impair: dial.impair,
             held: Vec::new(),
         });
-        Ok(KcpStream {
+        Ok(KcpLink {
             sock,
             conv: Conversation::new(conv, &dial.settings, 0),
             origin: Instant::now(),
-            timeout,
-            interval: Duration::from_millis(dial.settings.interval.clamp(1, 5000) as u64),
             link,
-            rx: Vec::new(),
             out: Vec::new(),
+            buf: vec![0u8; 65536],
         })
+    }
+
+    /// The socket, for `poll`.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.sock.as_raw_fd()
     }
 
     /// The local address.
@@ -177,6 +176,9 @@ impl KcpStream {
         let Some(link) = self.link.as_mut() else {
             return;
         };
+        if link.held.is_empty() {
+            return;
+        }
         let mut due = Vec::new();
         link.held.retain(|(at, outgoing, d)| {
             if *at <= now {
@@ -196,68 +198,139 @@ impl KcpStream {
         }
     }
 
-    /// One round: flushes, then waits up to `wait` for datagrams and takes
-    /// them, then runs the clock.
-    fn pump(&mut self, wait: Duration) -> io::Result<()> {
-        let now32 = self.now();
-        self.conv.flush(now32, &mut self.out);
-        self.send_out();
-        let wait = match self
-            .link
-            .as_ref()
-            .and_then(|l| l.held.iter().map(|h| h.0).min())
-        {
-            Some(next) => wait.min(next.saturating_duration_since(Instant::now())),
-            None => wait,
-        };
-        self.sock
-            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
-        let mut buf = vec![0u8; 65536];
-        let mut first = true;
+    /// Takes every datagram waiting on the socket (through the link).
+    pub fn receive(&mut self) -> io::Result<()> {
         loop {
-            let got = if first {
-                self.sock.recv(&mut buf)
-            } else {
-                self.sock.set_nonblocking(true)?;
-                let r = self.sock.recv(&mut buf);
-                self.sock.set_nonblocking(false)?;
-                r
-            };
-            first = false;
-            match got {
+            match self.sock.recv(&mut self.buf) {
                 Ok(n) => {
                     let now = Instant::now();
                     match self.link.as_mut() {
                         None => {
-                            let _ = self
-                                .conv
-                                .input(&buf[..n], self.origin.elapsed().as_millis() as u32);
+                            let now32 = self.origin.elapsed().as_millis() as u32;
+                            let _ = self.conv.input(&self.buf[..n], now32);
                         }
                         Some(link) => {
                             for delay in link.fate() {
-                                link.held.push((now + delay, false, buf[..n].to_vec()));
+                                link.held.push((now + delay, false, self.buf[..n].to_vec()));
                             }
                         }
                     }
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    return Err(e);
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
         }
         self.release(Instant::now());
+        Ok(())
+    }
+
+    /// Runs the clock: held datagrams that are due, retransmissions, the
+    /// interval's flush.
+    pub fn tick(&mut self) {
+        self.release(Instant::now());
         let now32 = self.now();
         self.conv.update(now32, &mut self.out);
         self.send_out();
+    }
+
+    /// Sends what is queued now (acks, new data).
+    pub fn flush(&mut self) {
+        let now32 = self.now();
+        self.conv.flush(now32, &mut self.out);
+        self.send_out();
+    }
+
+    /// Queues bytes, as many as the send window takes; returns how many.
+    pub fn send(&mut self, data: &[u8]) -> usize {
+        self.conv.send(data)
+    }
+
+    /// Appends received bytes to `out`; returns how many.
+    pub fn recv(&mut self, out: &mut Vec<u8>) -> usize {
+        self.conv.recv(out, usize::MAX)
+    }
+
+    /// When [`tick`](Self::tick) is next due.
+    pub fn next_due(&self) -> Instant {
+        let now32 = self.now();
+        let ms = self.conv.check(now32).wrapping_sub(now32).min(60_000);
+        let due = Instant::now() + Duration::from_millis(ms as u64);
+        match self
+            .link
+            .as_ref()
+            .and_then(|l| l.held.iter().map(|h| h.0).min())
+        {
+            Some(h) => due.min(h),
+            None => due,
+        }
+    }
+
+    /// Whether the gate has acknowledged everything sent.
+    pub fn all_acked(&self) -> bool {
+        self.conv.all_acked()
+    }
+}
+
+/// Waits until `fd` is readable or `wait` passes.
+fn wait_readable(fd: std::os::fd::RawFd, wait: Duration) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = wait.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut p, 1, ms) };
+}
+
+/// A blocking KCP connection to a gate.
+pub struct KcpStream {
+    link: KcpLink,
+    timeout: Option<Duration>,
+    interval: Duration,
+    /// Received bytes not yet read.
+    rx: Vec<u8>,
+}
+
+impl KcpStream {
+    /// Opens a conversation with the gate's KCP door at `addr` from a new
+    /// local port. Nothing is sent until the first write. `timeout` bounds
+    /// every read and write (tests must never hang).
+    pub fn connect(
+        addr: SocketAddr,
+        dial: &KcpDial,
+        timeout: Option<Duration>,
+    ) -> io::Result<KcpStream> {
+        Ok(KcpStream {
+            link: KcpLink::open(addr, dial)?,
+            timeout,
+            interval: Duration::from_millis(dial.settings.interval.clamp(1, 5000) as u64),
+            rx: Vec::new(),
+        })
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.link.local_addr()
+    }
+
+    /// The conversation id.
+    pub fn conv(&self) -> u32 {
+        self.link.conv()
+    }
+
+    /// One round: waits up to an interval for datagrams, takes them, runs
+    /// the clock.
+    fn pump(&mut self) -> io::Result<()> {
+        self.link.flush();
+        let wait = self
+            .link
+            .next_due()
+            .saturating_duration_since(Instant::now())
+            .min(self.interval);
+        wait_readable(self.link.fd(), wait);
+        self.link.receive()?;
+        self.link.tick();
         Ok(())
     }
 
@@ -273,14 +346,14 @@ impl KcpStream {
     /// timeout.
     pub fn drain(&mut self) -> io::Result<()> {
         let deadline = self.deadline();
-        while !self.conv.all_acked() {
+        while !self.link.all_acked() {
             if Self::timed_out(deadline) {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "kcp: unacknowledged",
                 ));
             }
-            self.pump(self.interval)?;
+            self.pump()?;
         }
         Ok(())
     }
@@ -291,16 +364,14 @@ impl Read for KcpStream {
         let deadline = self.deadline();
         loop {
             if self.rx.is_empty() {
-                self.conv.recv(&mut self.rx, usize::MAX);
+                self.link.recv(&mut self.rx);
             }
             if !self.rx.is_empty() {
                 let n = self.rx.len().min(buf.len());
                 buf[..n].copy_from_slice(&self.rx[..n]);
                 self.rx.drain(..n);
                 // Reading opened window: tell the gate soon.
-                let now32 = self.now();
-                self.conv.flush(now32, &mut self.out);
-                self.send_out();
+                self.link.flush();
                 return Ok(n);
             }
             if Self::timed_out(deadline) {
@@ -309,7 +380,7 @@ impl Read for KcpStream {
                     "kcp: read timed out",
                 ));
             }
-            self.pump(self.interval)?;
+            self.pump()?;
         }
     }
 }
@@ -318,11 +389,9 @@ impl Write for KcpStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let deadline = self.deadline();
         loop {
-            let n = self.conv.send(buf);
+            let n = self.link.send(buf);
             if n > 0 || buf.is_empty() {
-                let now32 = self.now();
-                self.conv.flush(now32, &mut self.out);
-                self.send_out();
+                self.link.flush();
                 return Ok(n);
             }
             if Self::timed_out(deadline) {
@@ -331,14 +400,12 @@ impl Write for KcpStream {
                     "kcp: write timed out",
                 ));
             }
-            self.pump(self.interval)?;
+            self.pump()?;
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let now32 = self.now();
-        self.conv.flush(now32, &mut self.out);
-        self.send_out();
+        self.link.flush();
         Ok(())
     }
 }

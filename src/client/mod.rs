@@ -10,5 +10,5 @@ pub mod skynet;
 pub mod stable;
 
 pub use blocking::{ClientOptions, ResumeError, ScpClient, Via};
-pub use kcp::{Impair, KcpDial, KcpStream};
+pub use kcp::{Impair, KcpDial, KcpLink, KcpStream};
 pub use stable::StableClient;
