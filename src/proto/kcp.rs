@@ -491,6 +491,12 @@ impl Conversation {
     pub fn update(&mut self, now: u32, out: &mut Vec<Vec<u8>>) {
         self.collect(out, |kcp| {
             let _ = kcp.update(now);
+            // `update` flushes only on the interval's ticks, while a
+            // retransmission may fall due between them (then `check` keeps
+            // saying "now"): send it now.
+            if kcp.check(now) == 0 {
+                let _ = kcp.flush();
+            }
         });
     }
 
@@ -774,6 +780,27 @@ mod tests {
         long[4] = CMD_PUSH;
         long[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(a.input(&long, 1_000_000), Err(Refused::Truncated));
+    }
+
+    #[test]
+    fn an_update_leaves_nothing_due_now() {
+        // A retransmission due between interval ticks goes out at once, so
+        // a caller that updates when `check` says never spins.
+        let s = KcpSettings {
+            interval: 100,
+            ..KcpSettings::default()
+        };
+        let mut a = Conversation::new(1, &s, 0);
+        a.send(&[1u8; 3000]);
+        let mut out = Vec::new();
+        a.flush(0, &mut out);
+        for now in 1..3000 {
+            let due = a.check(now);
+            if due == now {
+                a.update(now, &mut out);
+                assert_ne!(a.check(now), now, "still due at {now}");
+            }
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! to be answered once. It reuses the phases and the report; see its module.
 
 mod conn;
+mod kcp;
 mod msgserver;
 mod report;
 mod shard;
@@ -50,6 +51,15 @@ pub enum Protocol {
     /// [`LoadgenConfig::login`], then sends requests with sessions to
     /// [`LoadgenConfig::connect`] (blocking clients on threads, not io_uring).
     Msgserver,
+}
+
+/// What carries the clients' streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP (the io_uring client).
+    Tcp,
+    /// KCP over UDP, as kcp-go clients (SCP only; see the `kcp` module).
+    Kcp,
 }
 
 /// Settings of a load run; mirrors the options of `ringgate loadgen`.
@@ -103,6 +113,12 @@ pub struct LoadgenConfig {
     pub password: String,
     /// Game server name in the login token (msgserver only).
     pub server: String,
+    /// What carries the streams.
+    pub transport: Transport,
+    /// KCP: the conversations' settings (FEC must match the gate's).
+    pub kcp: crate::proto::kcp::KcpSettings,
+    /// KCP: what the clients' link does to their datagrams.
+    pub impair: crate::client::kcp::Impair,
 }
 
 impl Default for LoadgenConfig {
@@ -132,6 +148,9 @@ impl Default for LoadgenConfig {
             user_prefix: "user".into(),
             password: "password".into(),
             server: "sample".into(),
+            transport: Transport::Tcp,
+            kcp: crate::proto::kcp::KcpSettings::default(),
+            impair: crate::client::kcp::Impair::default(),
         }
     }
 }
@@ -288,6 +307,25 @@ fn check(cfg: &LoadgenConfig) -> Result<(), LoadgenError> {
     if cfg.target.is_some() && cfg.protocol == Protocol::StableConnection {
         return bad("--target is part of the SCP handshake; stable-connection has none");
     }
+    if cfg.transport == Transport::Kcp {
+        if cfg.protocol != Protocol::Scp {
+            return bad("--transport kcp carries --protocol scp");
+        }
+        if cfg.storm || cfg.abort_probability > 0.0 || !cfg.source_ips.is_empty() {
+            return bad(
+                "--transport kcp takes --resume-every, not --storm, --abort-probability or \
+                 --source-ips",
+            );
+        }
+        if let Err(e) = cfg.kcp.validate() {
+            return bad(&e);
+        }
+    } else if !cfg.impair.is_clean() {
+        return bad("--loss, --duplicate, --reorder and --delay apply to --transport kcp");
+    }
+    if !(0.0..=1.0).contains(&cfg.impair.loss) || !(0.0..=1.0).contains(&cfg.impair.duplicate) {
+        return bad("--loss and --duplicate must be within 0-1");
+    }
     if cfg.resume_every == Some(0) {
         return bad("--resume-every must be at least 1");
     }
@@ -322,8 +360,9 @@ pub fn run(cfg: LoadgenConfig) -> Result<Report, LoadgenError> {
     for index in 0..shards {
         let count = cfg.connections / shards + usize::from(index < cfg.connections % shards);
         let (cfg, ctl) = (cfg.clone(), ctl.clone());
-        let body = match cfg.protocol {
-            Protocol::Msgserver => msgserver::run,
+        let body = match (cfg.protocol, cfg.transport) {
+            (Protocol::Msgserver, _) => msgserver::run,
+            (_, Transport::Kcp) => kcp::run,
             _ => shard::run,
         };
         let t = std::thread::Builder::new()

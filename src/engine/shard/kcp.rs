@@ -143,7 +143,9 @@ impl KcpSide {
             return;
         };
         let now32 = now as u32;
-        let due = now + e.conv.check(now32).wrapping_sub(now32).min(60_000) as u64;
+        // At least 1 ms on: an entry due now is not taken again in the
+        // same tick.
+        let due = now + e.conv.check(now32).wrapping_sub(now32).clamp(1, 60_000) as u64;
         if due < e.due || e.due < now {
             e.due = due;
             self.timers.push(Reverse((due, k, e.epoch)));
@@ -715,6 +717,7 @@ impl Shard {
             self.finish_with(ci, b"0\n501");
             return;
         }
+        debug!(shard = self.index, peer = %e.addr, target, "kcp conversation moves to its session's shard");
         side.forwards.insert(e.addr, (target, Instant::now()));
         link.kcp_inbox.push(KcpMsg::Conv(Box::new(KcpMoving {
             addr: e.addr,
@@ -748,6 +751,7 @@ impl Shard {
             self.kcp_drop(old, "replaced by a conversation that moved here");
         }
         self.count(|s| &s.handoffs_in);
+        debug!(shard = self.index, peer = %m.addr, "kcp conversation moved here");
         let ci = self.new_conn(
             u32::MAX,
             Some(m.addr),
