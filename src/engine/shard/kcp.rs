@@ -701,6 +701,7 @@ impl Shard {
             return;
         };
         let (target, raw) = (*target, std::mem::take(raw));
+        let max_forwards = self.kcp_max_here();
         let side = self.kcp.as_mut().expect("a kcp door");
         let Some(e) = side.convs.try_remove(k) else {
             return;
@@ -709,8 +710,12 @@ impl Shard {
             side.by_addr.remove(&e.addr);
         }
         let link = &self.shared.shards[target];
-        if link.ring_fd.load(Ordering::Acquire) < 0 {
-            // The owner has stopped: 501, through the conversation.
+        // The owner has stopped, or this shard forwards for as many
+        // clients as it may hold conversations: 501, through the
+        // conversation (forwards cost a map entry each, so they are capped
+        // like conversations).
+        let full = side.forwards.len() >= max_forwards;
+        if full || link.ring_fd.load(Ordering::Acquire) < 0 {
             let side = self.kcp.as_mut().expect("a kcp door");
             let k = side.convs.insert(e);
             side.by_addr.insert(side.convs[k].addr, k);
