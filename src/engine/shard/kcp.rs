@@ -398,6 +398,9 @@ impl Shard {
                 return;
             };
             let mut buf = Vec::new();
+            // Whole messages: the first even past the room (by at most one
+            // datagram's worth, as a TCP receive may overshoot by a buffer).
+            let room = room.max(e.conv.readable());
             if e.conv.recv(&mut buf, room) == 0 {
                 return;
             }
