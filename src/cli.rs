@@ -54,7 +54,7 @@ pub struct ServeArgs {
     /// Address clients connect to [default: 127.0.0.1:1248].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Threads, each with its own ring [default: the number of cores].
+    /// Threads, each with its own ring [default: from the cores and max_sessions].
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
     /// Upstream server; repeat for several. Replaces the file's hosts.
@@ -179,7 +179,7 @@ pub struct EchoArgs {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
-    /// Threads, each with its own ring [default: the number of cores].
+    /// Threads, each with its own ring [default: from the cores and the fd limit, for a million connections].
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
 }
@@ -592,11 +592,11 @@ mod tests {
     fn flags_override_the_file() {
         let file = temp_file(
             "override.toml",
-            "listen = \"0.0.0.0:1\"\nshards = 0\nreuse_time = 5\nidle_timeout = \"1m\"\nannounce = \"proxy-v2\"\n\
+            "listen = \"0.0.0.0:1\"\nshards = 5000\nreuse_time = 5\nidle_timeout = \"1m\"\nannounce = \"proxy-v2\"\n\
              [upstream]\nnet = \"scp\"\n[[upstream.hosts]]\nname = \"old\"\naddr = \"h:1\"\n",
         );
         let file = file.to_str().unwrap();
-        // shards = 0 in the file is corrected by the flag before validation.
+        // shards = 5000 in the file is corrected by the flag before validation.
         let cfg = serve(&[
             "--config",
             file,

@@ -7,7 +7,6 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -76,8 +75,10 @@ pub struct ServeConfig {
     /// Address clients connect to. Default `127.0.0.1:1248`: goscon's port,
     /// but only on loopback until the operator says otherwise.
     pub listen: SocketAddr,
-    /// Threads, each with its own ring and its own sessions. Default: the
-    /// number of cores available to the process.
+    /// Threads, each with its own ring and its own sessions. Default 0: the
+    /// gate chooses, at least one per core and more when a ring's
+    /// descriptor table (capped at `RLIMIT_NOFILE`) cannot hold its share
+    /// of `max_sessions`.
     pub shards: usize,
     /// Longest time a client may take to send its handshake record. Default 30 s.
     #[serde(with = "duration")]
@@ -323,7 +324,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1248)),
-            shards: std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            shards: 0,
             handshake_timeout: Duration::from_secs(30),
             reuse_time: Duration::from_secs(30),
             reuse_buffer: 65536,
@@ -709,9 +710,9 @@ impl ServeConfig {
 
     /// Checks ranges and consistency; the message names the offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(1..=MAX_SHARDS).contains(&self.shards) {
+        if self.shards > MAX_SHARDS {
             return Err(invalid(format!(
-                "shards = {}: must be between 1 and {MAX_SHARDS}",
+                "shards = {}: must be between 0 (automatic) and {MAX_SHARDS}",
                 self.shards
             )));
         }
@@ -1489,7 +1490,7 @@ mod tests {
     fn defaults() {
         let c = ServeConfig::default();
         assert_eq!(c.listen, "127.0.0.1:1248".parse().unwrap());
-        assert!(c.shards >= 1);
+        assert_eq!(c.shards, 0, "the gate chooses");
         assert_eq!(c.handshake_timeout, secs(30));
         assert_eq!(c.reuse_time, secs(30));
         assert_eq!(c.reuse_buffer, 65536);
@@ -1567,7 +1568,6 @@ mod tests {
     fn validation_errors_name_the_key() {
         let ok = ServeConfig::default;
         let cases: Vec<(ServeConfig, &str)> = vec![
-            (ServeConfig { shards: 0, ..ok() }, "shards"),
             (
                 ServeConfig {
                     shards: MAX_SHARDS + 1,
@@ -2001,7 +2001,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ringgate-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let bad = dir.join("bad.toml");
-        std::fs::write(&bad, "shards = 0\n").unwrap();
+        std::fs::write(&bad, "shards = 5000\n").unwrap();
         let err = ServeConfig::from_toml_file(&bad).unwrap_err().to_string();
         assert!(err.contains("bad.toml") && err.contains("shards"), "{err}");
         let yaml = dir.join("goscon.yaml");

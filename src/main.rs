@@ -62,7 +62,8 @@ fn main() -> ExitCode {
         Command::Echo(args) => {
             let cfg = engine::Config {
                 listen: args.listen,
-                shards: args.shards.unwrap_or(engine::Config::default().shards),
+                // 0: enough rings for a million connections (see Config::plan_shards).
+                shards: args.shards.unwrap_or(0),
                 scp: false,
                 backend: Backend::Echo,
                 ..engine::Config::default()

@@ -56,7 +56,7 @@ use crossbeam_queue::{ArrayQueue, SegQueue};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, IntoRawFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -68,7 +68,7 @@ use workers::Command;
 pub struct Config {
     /// Address every shard listens on.
     pub listen: SocketAddr,
-    /// Number of shards (threads, rings).
+    /// Number of shards (threads, rings); 0 chooses it (see [`Config::plan_shards`]).
     pub shards: usize,
     /// Speak SCP to clients on `listen` (`false`: a plain TCP relay).
     pub scp: bool,
@@ -123,7 +123,84 @@ pub struct Config {
 /// Receive-buffer memory all shards share when `recv_buffers` is 0.
 const AUTO_RECV_BUFFER_BYTES: usize = 32 << 20;
 
+/// How many shards a gate runs, and whether their descriptor tables hold
+/// `max_sessions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardPlan {
+    /// Shards (threads, each with one ring).
+    pub shards: usize,
+    /// Chosen by the gate (`Config::shards` was 0).
+    pub auto: bool,
+    /// Direct descriptors one ring may have here (`RLIMIT_NOFILE`, or
+    /// `direct_table` when set lower).
+    pub per_ring: usize,
+    /// Descriptors each live session holds (its client socket, and its
+    /// upstream socket in proxy mode).
+    pub per_session: usize,
+    /// Sessions the shards' tables hold together, leaving half of each
+    /// table for connections in their handshake and resumes in passage (in
+    /// a reconnect storm every session's new connection may arrive before
+    /// the reset of its old one has been seen).
+    pub holds: usize,
+}
+
+impl ShardPlan {
+    /// Whether the tables hold `max_sessions`.
+    pub fn enough(&self, max_sessions: usize) -> bool {
+        self.holds >= max_sessions
+    }
+}
+
 impl Config {
+    /// The shard count: `shards` when set, otherwise at least one per core
+    /// and as many more as it takes for the rings' descriptor tables
+    /// (each capped at `RLIMIT_NOFILE`) to hold `max_sessions` in half
+    /// their slots. More threads than cores, rather than several rings
+    /// per thread, keeps one ring per thread and every session on one ring:
+    /// a shard with nothing to do sleeps in its ring wait and costs only
+    /// its memory, and the kernel spreads the busy ones over the cores.
+    pub fn plan_shards(&self) -> ShardPlan {
+        let limit = sys::direct_table_size(usize::MAX >> 1) as usize;
+        let per_ring = match self.direct_table {
+            0 => limit,
+            n => n.min(limit),
+        };
+        let per_session = match self.backend {
+            Backend::Proxy(_) => 2,
+            _ => 1,
+        };
+        let usable = (per_ring / 2 / per_session).max(1);
+        let (shards, auto) = match self.shards {
+            0 => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let needed = self.max_sessions.div_ceil(usable);
+                (needed.max(cores).clamp(1, 1 << 16), true)
+            }
+            n => (n, false),
+        };
+        ShardPlan {
+            shards,
+            auto,
+            per_ring,
+            per_session,
+            holds: usable.saturating_mul(shards),
+        }
+    }
+
+    /// Submission-queue entries per ring: `ring_entries`, shrunk when the
+    /// gate chose more shards than cores (each carries a share of the load,
+    /// and the rings' queues are memory the kernel keeps per ring).
+    fn ring_entries_for(&self, plan: &ShardPlan) -> u32 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let entries = self.ring_entries.clamp(8, 32768).next_power_of_two();
+        if plan.auto && plan.shards > cores {
+            let scaled = (entries as usize * cores / plan.shards).max(512) as u32;
+            scaled.next_power_of_two().min(entries)
+        } else {
+            entries
+        }
+    }
+
     /// Receive buffers each shard registers. With `recv_buffers` 0 the
     /// shards share about 32 MiB (at least 64 and at most 1024 buffers each):
     /// a buffer is held only while its completion is handled, so many shards
@@ -258,6 +335,8 @@ pub(crate) struct ShardLink {
 
 pub(crate) struct Shared {
     stop: AtomicBool,
+    /// Live sessions of all shards (what `max_sessions` limits).
+    live: AtomicUsize,
     /// New sessions are refused; resumes are still served.
     draining: AtomicBool,
     /// Limits and timeouts that may change while the gate runs.
@@ -438,10 +517,25 @@ pub struct Gate {
 impl Gate {
     /// Binds, builds every shard's ring and starts the shard threads.
     pub fn start(cfg: Config) -> Result<Gate, SetupError> {
-        let shards = cfg.shards.max(1);
+        let plan = cfg.plan_shards();
+        let shards = plan.shards.max(1);
         if shards > 1 << 16 {
             return Err(SetupError::Other("at most 65536 shards".into()));
         }
+        if !plan.enough(cfg.max_sessions) {
+            tracing::warn!(
+                "{shards} shards hold about {} sessions, not max_sessions {}: each ring's \
+                 direct-descriptor table has at most {} slots here (RLIMIT_NOFILE), {} per \
+                 session; use at least {} shards, or leave the shard count to the gate",
+                plan.holds,
+                cfg.max_sessions,
+                plan.per_ring,
+                plan.per_session,
+                cfg.max_sessions
+                    .div_ceil((plan.per_ring / 2 / plan.per_session).max(1))
+            );
+        }
+        let ring_entries = cfg.ring_entries_for(&plan);
         // The first listener of each address fixes its port (the address
         // may ask for port 0).
         let opts = sys::ListenOptions {
@@ -549,6 +643,7 @@ impl Gate {
         }
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
+            live: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             tunables: control::Tunables::new(&Limits::of(&cfg)),
             shards: links,
@@ -557,7 +652,11 @@ impl Gate {
             Backend::Workers(hub) => Some(hub.clone()),
             _ => None,
         };
-        let cfg = Arc::new(Config { shards, ..cfg });
+        let cfg = Arc::new(Config {
+            shards,
+            ring_entries,
+            ..cfg
+        });
         let cores = if cfg.pin_threads {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {

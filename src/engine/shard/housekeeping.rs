@@ -25,6 +25,7 @@ impl Shard {
             self.arm_tick();
         }
         self.apply_limits();
+        self.retry_handoffs();
         let now = Instant::now();
         while let Some(e) = self.hs_timers.pop_expired(now) {
             let stalled = self

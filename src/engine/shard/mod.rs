@@ -271,6 +271,10 @@ pub struct Shard {
     stopping: Option<Instant>,
     handoff_seq: u32,
     handoffs: HashMap<(usize, u32), (Instant, Handoff)>,
+    /// Hand-overs in flight, and those to send again because the owner's
+    /// table was full: (connection, epoch, owner, sequence, tries).
+    handoff_pending: Vec<(usize, u32, usize, u32, u32)>,
+    handoff_retry: Vec<(usize, u32, usize, u32, u32)>,
     last_limit_warn: Option<Instant>,
     /// When the current batch of completions was reaped (read only while an
     /// idle timeout is set: a receive's time is then that of its batch,
@@ -317,7 +321,7 @@ impl Shard {
         kcp_fd: Option<i32>,
     ) -> Result<Shard, sys::SetupError> {
         let wanted = match cfg.direct_table {
-            0 => cfg.max_sessions / cfg.shards.max(1) * 2 + 1024,
+            0 => cfg.max_sessions / cfg.shards.max(1) * 3 + 1024,
             n => n,
         };
         let table = sys::register_direct_table(&ring, wanted)?;
@@ -382,6 +386,8 @@ impl Shard {
             stopping: None,
             handoff_seq: 0,
             handoffs: HashMap::new(),
+            handoff_pending: Vec::new(),
+            handoff_retry: Vec::new(),
             last_limit_warn: None,
             clock: Instant::now(),
             log_second: None,

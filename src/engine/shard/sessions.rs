@@ -8,6 +8,7 @@ use crate::engine::session::Peer;
 use crate::proto::message::ReuseConnReq;
 use crate::proto::session::Session;
 use rand::Rng;
+use std::sync::atomic::Ordering;
 use tracing::info;
 
 impl Shard {
@@ -74,6 +75,7 @@ impl Shard {
         }
         self.conns[ci].state = ConnState::Attached(si, epoch);
         self.count(|s| &s.sessions_opened);
+        self.shared.live.fetch_add(1, Ordering::Relaxed);
         self.note_peer(si);
         if self.proxy.is_some() {
             self.start_upstream(si);
@@ -119,7 +121,7 @@ impl Shard {
             self.fail_greeting(ci, "draining: new sessions refused", Vec::new());
             return None;
         }
-        if self.sessions.len() >= self.max_sessions_here() {
+        if self.max_sessions_reached() {
             self.warn_limit("max_sessions reached: new sessions are being refused");
             self.fail_greeting(ci, "session limit reached", Vec::new());
             return None;
@@ -258,6 +260,7 @@ impl Shard {
             self.uncount(|s| &s.detached);
         }
         self.count(|s| &s.sessions_closed);
+        self.shared.live.fetch_sub(1, Ordering::Relaxed);
         self.stats().closed(reason);
         if id != 0 {
             self.by_id.remove(&id);

@@ -57,7 +57,7 @@ impl Shard {
         let refusal = if self.draining() {
             self.count(|s| &s.new_refused_draining);
             Some("draining: new sessions refused")
-        } else if self.sessions.len() >= self.max_sessions_here() {
+        } else if self.max_sessions_reached() {
             self.warn_limit("max_sessions reached: new sessions are being refused");
             Some("session limit reached")
         } else {
