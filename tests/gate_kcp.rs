@@ -181,6 +181,25 @@ fn datagrams_that_open_nothing_leave_nothing() {
     let s = gate.stats();
     assert_eq!(s.accepted, 1, "only the real client opened a conversation");
     assert_eq!(s.sessions_opened, 1);
+    // The flood was read and counted (the kernel may have dropped some of
+    // it first: its socket buffers are small).
+    let control = gate.control();
+    let dropped = || {
+        control
+            .shard_stats()
+            .iter()
+            .map(|s| s.kcp_dropped)
+            .sum::<u64>()
+    };
+    assert!(wait_until(Duration::from_secs(10), || dropped() > 0));
+    assert!(dropped() <= 64 * 40);
+    // Conversations held are published on the tick: the real client's.
+    assert!(wait_until(Duration::from_secs(10), || control
+        .shard_stats()
+        .iter()
+        .map(|s| s.kcp_conversations)
+        .sum::<u64>()
+        == 1));
 }
 
 #[test]

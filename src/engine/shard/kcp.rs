@@ -262,6 +262,7 @@ impl Shard {
                 }
                 Err(why) => {
                     debug!(shard = self.index, peer = %addr, "kcp datagram dropped: {why}");
+                    self.count(|s| &s.kcp_dropped);
                     return;
                 }
             }
@@ -281,7 +282,8 @@ impl Shard {
         match opening(data, &side.cfg.settings) {
             Opening::Opens(conv) => self.kcp_open(addr, conv, data),
             Opening::No => {
-                debug!(shard = self.index, peer = %addr, "kcp datagram for no conversation dropped")
+                debug!(shard = self.index, peer = %addr, "kcp datagram for no conversation dropped");
+                self.count(|s| &s.kcp_dropped);
             }
         }
     }
@@ -302,6 +304,7 @@ impl Shard {
         let pending_here =
             (self.shared.tunables.max_pending_handshakes() / self.cfg.shards.max(1)).max(1);
         if self.greeting >= pending_here {
+            self.count(|s| &s.kcp_dropped);
             self.warn_limit(
                 "max_pending_handshakes reached: new kcp conversations are being dropped",
             );
@@ -687,6 +690,10 @@ impl Shard {
                 side.expiry.push(now, t);
             }
         }
+        self.shared.shards[self.index]
+            .stats
+            .kcp_conversations
+            .store(side.convs.len() as u64, Ordering::Relaxed);
         if now.duration_since(side.last_forward_sweep) >= timeout / 2 {
             side.last_forward_sweep = now;
             side.forwards
