@@ -22,6 +22,8 @@ const KCP_BUFFERS: u16 = 512;
 const LINGER: Duration = Duration::from_secs(5);
 /// Send records kept for reuse.
 const SEND_POOL: usize = 1024;
+/// Milliseconds between clock runs of a conversation with nothing in flight.
+const IDLE_CLOCK_MS: u32 = 1000;
 
 /// What other shards send a shard about KCP.
 pub(crate) enum KcpMsg {
@@ -144,8 +146,16 @@ impl KcpSide {
         };
         let now32 = now as u32;
         // At least 1 ms on: an entry due now is not taken again in the
-        // same tick.
-        let due = now + e.conv.check(now32).wrapping_sub(now32).clamp(1, 60_000) as u64;
+        // same tick. A conversation with nothing unacknowledged has nothing
+        // for its clock to do (its acks and window answers go out with the
+        // flush after each input), so it sleeps for a second instead of an
+        // interval: idle conversations cost no tick work.
+        let delta = if e.conv.all_acked() {
+            IDLE_CLOCK_MS
+        } else {
+            e.conv.check(now32).wrapping_sub(now32).clamp(1, 60_000)
+        };
+        let due = now + delta as u64;
         if due < e.due || e.due < now {
             e.due = due;
             self.timers.push(Reverse((due, k, e.epoch)));
@@ -370,9 +380,22 @@ impl Shard {
         }
         e.pumping = true;
         let epoch = e.epoch;
-        self.kcp_deliver(ci, k);
-        if self.conns.contains(ci) {
-            self.kcp_fill(ci, k);
+        // Bytes handed to the conversation may make room for more of its
+        // received bytes (an echo, a relay whose client side was full), and
+        // nothing else would come back for them: go round until neither
+        // side moves (bounded: each round moves a window's worth at most).
+        for _ in 0..8 {
+            let delivered = self.kcp_deliver(ci, k);
+            if !self.conns.get(ci).is_some_and(|c| c.kcp == Some(k)) {
+                break;
+            }
+            let queued = self.kcp_fill(ci, k);
+            if !self.conns.get(ci).is_some_and(|c| c.kcp == Some(k)) {
+                break;
+            }
+            if delivered == 0 || queued == 0 {
+                break;
+            }
         }
         if let Some(e) = self
             .kcp
@@ -384,29 +407,33 @@ impl Shard {
         }
     }
 
-    /// Received bytes to the greeting or session, while they have room.
-    fn kcp_deliver(&mut self, ci: usize, k: usize) {
+    /// Received bytes to the greeting or session, while they have room;
+    /// returns how many.
+    fn kcp_deliver(&mut self, ci: usize, k: usize) -> usize {
+        let mut total = 0;
         loop {
             let Some(conn) = self.conns.get(ci) else {
-                return;
+                return total;
             };
             if conn.kcp != Some(k) {
-                return;
+                return total;
             }
             let room = self.conn_room(ci);
             if room == 0 {
-                return;
+                return total;
             }
             let Some(e) = self.kcp.as_mut().and_then(|s| s.convs.get_mut(k)) else {
-                return;
+                return total;
             };
             let mut buf = Vec::new();
             // Whole messages: the first even past the room (by at most one
             // datagram's worth, as a TCP receive may overshoot by a buffer).
             let room = room.max(e.conv.readable());
-            if e.conv.recv(&mut buf, room) == 0 {
-                return;
+            let n = e.conv.recv(&mut buf, room);
+            if n == 0 {
+                return total;
             }
+            total += n;
             // Reading frees window: the peer hears of it with the next flush.
             let side = self.kcp.as_mut().expect("a kcp door");
             side.mark_dirty(k);
@@ -417,10 +444,10 @@ impl Shard {
     /// The answer and session bytes into the conversation, as far as its
     /// send window allows; a finishing connection closes once its answer
     /// is queued (the conversation lingers to deliver it).
-    fn kcp_fill(&mut self, ci: usize, k: usize) {
+    fn kcp_fill(&mut self, ci: usize, k: usize) -> usize {
         if let ConnState::HandingOff { .. } = self.conns[ci].state {
             self.kcp_hand_off(ci, k);
-            return;
+            return 0;
         }
         let Shard {
             kcp,
@@ -429,10 +456,10 @@ impl Shard {
             ..
         } = self;
         let Some(side) = kcp.as_mut() else {
-            return;
+            return 0;
         };
         let Some(e) = side.convs.get_mut(k) else {
-            return;
+            return 0;
         };
         let conn = &mut conns[ci];
         let mut queued = 0;
@@ -473,6 +500,7 @@ impl Shard {
         if finished {
             self.close_conn(ci);
         }
+        queued
     }
 
     /// Connection `ci` (conversation `k`) closed: the conversation delivers
