@@ -386,11 +386,11 @@ impl Shard {
         // side moves (bounded: each round moves a window's worth at most).
         for _ in 0..8 {
             let delivered = self.kcp_deliver(ci, k);
-            if !self.conns.get(ci).is_some_and(|c| c.kcp == Some(k)) {
+            if self.conns.get(ci).is_none_or(|c| c.kcp != Some(k)) {
                 break;
             }
             let queued = self.kcp_fill(ci, k);
-            if !self.conns.get(ci).is_some_and(|c| c.kcp == Some(k)) {
+            if self.conns.get(ci).is_none_or(|c| c.kcp != Some(k)) {
                 break;
             }
             if delivered == 0 || queued == 0 {
