@@ -495,7 +495,6 @@ impl Shard {
         }
         if queued > 0 {
             side.mark_dirty(k);
-            self.count_n(|s| &s.client_tx_bytes, queued as u64);
         }
         if finished {
             self.close_conn(ci);
@@ -596,6 +595,7 @@ impl Shard {
         let Some(side) = self.kcp.as_mut() else {
             return;
         };
+        // Wire bytes, as received ones are counted.
         let mut tx = 0u64;
         for (addr, bytes) in side.out.drain(..) {
             let mut dg = side.pool.pop().unwrap_or_else(Datagram::boxed);
@@ -606,7 +606,9 @@ impl Shard {
             self.d
                 .push(e, Some(Tag::shard(Op::KcpSend)), Owned::Datagram(dg));
         }
-        let _ = tx;
+        if tx > 0 {
+            self.count_n(|s| &s.client_tx_bytes, tx);
+        }
     }
 
     pub(super) fn on_kcp_send(&mut self, c: Completion<Tag>) {
