@@ -2,7 +2,7 @@
 # Puts ringgate beside its baselines in one run, on loopback, and writes a
 # markdown table per scenario to perf/results/<scenario>-<date>.md.
 #
-#   perf/run.sh [echo-small|idle-memory|storm|bulk|relay-baseline|churn|msgserver|vs-goscon|all]
+#   perf/run.sh [echo-small|idle-memory|storm|bulk|relay-baseline|churn|msgserver|vs-goscon|kcp|all]
 #   OLD=/path/to/old/ringgate perf/run.sh compare [SCENARIO...]
 #
 # Every ratio compares figures measured in the same run of this script.
@@ -19,6 +19,8 @@
 # binary you built yourself from https://github.com/ejoy/goscon (`go build
 # -mod=vendor` in its checkout); without it those parts are skipped.
 # HELD_SESSIONS (default 5000) sessions at one message per second for RSS.
+# kcp: KCP_SESSIONS (default 200) SCP sessions over KCP beside as many over TCP
+# through one gate, and through goscon's KCP listener when GOSCON is set.
 # compare: runs each scenario's gate rows with the gate binary OLD and with the
 # one this tree builds (the load generator and echo server are always this
 # tree's) and writes perf/results/compare-<date>.md; OLD_LABEL names the old
@@ -42,6 +44,7 @@ CHURN_IDLE_RATE=${CHURN_IDLE_RATE:-0.0001}
 CHURN_LOG=${CHURN_LOG:-warn}
 MSG_USERS=${MSG_USERS:-1000}
 HELD_SESSIONS=${HELD_SESSIONS:-5000}
+KCP_SESSIONS=${KCP_SESSIONS:-200}
 GOSCON=${GOSCON:-}
 DATE=$(date +%Y%m%d-%H%M%S)
 BIN=target/release/ringgate
@@ -64,14 +67,14 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 usage() {
-    echo "usage: $0 [echo-small|idle-memory|storm|bulk|relay-baseline|churn|msgserver|vs-goscon|all]" >&2
+    echo "usage: $0 [echo-small|idle-memory|storm|bulk|relay-baseline|churn|msgserver|vs-goscon|kcp|all]" >&2
     echo "       OLD=/path/to/old/ringgate $0 compare [echo-small|relay-baseline|idle-memory|storm|churn|paired...]" >&2
     exit 2
 }
 
 COMPARE=()
 case "$SCENARIO" in
-echo-small | idle-memory | storm | bulk | relay-baseline | churn | msgserver | vs-goscon | all) ;;
+echo-small | idle-memory | storm | bulk | relay-baseline | churn | msgserver | vs-goscon | kcp | all) ;;
 compare)
     shift
     COMPARE=("$@")
@@ -544,6 +547,89 @@ vs_goscon() {
         "goscon=$TMP/vm-goscon.json" "ringgate serve=$TMP/vm-gate.json"
 }
 
+# ---- kcp: SCP over KCP beside SCP over TCP, through one gate ---------------------
+
+# goscon_kcp_gate : goscon listening for TCP and KCP on one port (its sample
+# kcp_option with the gate's default windows, no FEC) in front of the echo
+# server; sets GOSCON_PORT and GOSCON_PID.
+goscon_kcp_gate() {
+    next_port
+    local manager=$PORT
+    next_port
+    GOSCON_PORT=$PORT
+    mkdir -p "$TMP/goscon-kcp"
+    cat >"$TMP/goscon-kcp/config.yaml" <<EOF
+manager: 127.0.0.1:$manager
+tcp: 127.0.0.1:$GOSCON_PORT
+kcp: 127.0.0.1:$GOSCON_PORT
+scp:
+  handshake_timeout: 30
+  reuse_time: 30
+  reuse_buffer: 65536
+tcp_option:
+  read_timeout: 0
+  keepalive: false
+kcp_option:
+  read_timeout: 60
+  fec_data_shards: 0
+  fec_parity_shards: 0
+  read_buffer: 4194304
+  write_buffer: 4194304
+  opt_mtu: 1400
+  opt_nodelay: 1
+  opt_interval: 10
+  opt_resend: 2
+  opt_nc: 1
+  opt_sndwnd: 256
+  opt_rcvwnd: 256
+  opt_stream: true
+  opt_writedelay: false
+upstream_option:
+  net: tcp
+hosts:
+  - name: echo
+    addr: 127.0.0.1:$ECHO_PORT
+    weight: 100
+EOF
+    start goscon-kcp "$GOSCON_PORT" "$GOSCON" -config "$TMP/goscon-kcp/config.yaml" -log_dir "$TMP/goscon-kcp"
+    GOSCON_PID=$LAST_PID
+}
+
+kcp_echo() {
+    local out="perf/results/kcp-$DATE.md"
+    header "$out" kcp
+    local load=(--connections "$KCP_SESSIONS" --size 64 --rate 0 --duration "$DURATION")
+    echo_server
+    # One gate, both listeners on one port (as goscon's sample config has it).
+    next_port
+    GATE_PORT=$PORT
+    start gate "$GATE_PORT" "$GATE_BIN" serve --listen "127.0.0.1:$GATE_PORT" --kcp "127.0.0.1:$GATE_PORT" \
+        --shards "$GATE_SHARDS" --upstream "echo=127.0.0.1:$ECHO_PORT" --max-sessions 1000000
+    GATE_PID=$LAST_PID
+    measure_cpu "$GATE_PID" "$TMP/kc-tcp.json" --connect "127.0.0.1:$GATE_PORT" --protocol scp "${load[@]}"
+    measure_cpu "$GATE_PID" "$TMP/kc-kcp.json" --connect "127.0.0.1:$GATE_PORT" --transport kcp "${load[@]}"
+    measure_cpu "$GATE_PID" "$TMP/kc-kcp-lossy.json" --connect "127.0.0.1:$GATE_PORT" --transport kcp \
+        --loss 0.05 --reorder --duplicate 0.01 --resume-every 100 --seed 7 "${load[@]}"
+    stop "$GATE_PID"
+    local rows=() files=(tcp kcp kcp-lossy)
+    if have_goscon; then
+        goscon_kcp_gate
+        measure_cpu "$GOSCON_PID" "$TMP/kc-goscon.json" --connect "127.0.0.1:$GOSCON_PORT" --transport kcp "${load[@]}"
+        stop "$GOSCON_PID"
+        rows=("goscon, SCP over KCP=$TMP/kc-goscon.json")
+        files+=(goscon)
+    else
+        echo "GOSCON is not set or not executable: goscon's KCP row is skipped" | tee -a "$out"
+    fi
+    stop "$ECHO_PID"
+    for f in "${files[@]}"; do with_cpu_per_million "$TMP/kc-$f.json"; done
+    COLUMNS="msgs_per_sec:msgs/s:up,latency_us.p50:p50 µs:down,latency_us.p99:p99 µs:down,cpu_s_per_million_msgs:CPU s / 1M msgs:down,resumes_ok:resumes:-,bytes_lost:bytes lost:-,bytes_duplicated:bytes dup:-" \
+        table "$out" "kcp: $KCP_SESSIONS SCP sessions, 64-byte messages, next message when the echo returns" \
+        "Baseline: \`ringgate serve\` ($GATE_SHARDS shards) with the same sessions over TCP (the io_uring load generator). KCP rows: the same gate process, its KCP door on the same port, loaded by \`loadgen --transport kcp\` (a poll loop per client thread over non-blocking UDP sockets; KCP nodelay, interval 10 ms, windows 256). The lossy row impairs the clients' own link (5% loss each way, 1% duplicates, reordering) and resumes every session every 100 echoes over a new conversation. goscon's row (when GOSCON is set) is goscon's KCP listener with the same kcp_option. All proxy to the same \`ringgate echo\`. CPU: the gate process only, over the whole load run ÷ all echoes." \
+        "ringgate serve, SCP over TCP=$TMP/kc-tcp.json" "ringgate serve, SCP over KCP=$TMP/kc-kcp.json" \
+        "ringgate serve, SCP over KCP, lossy link=$TMP/kc-kcp-lossy.json" "${rows[@]}"
+}
+
 # ---- churn: resumes beside few and many idle sessions -------------------------
 
 # churn_run OUT.json N : a fresh `ringgate serve` (built-in echo, CHURN_SHARDS
@@ -997,6 +1083,7 @@ relay-baseline) run relay-baseline relay_baseline ;;
 churn) run churn churn ;;
 msgserver) run msgserver msgserver ;;
 vs-goscon) run vs-goscon vs_goscon ;;
+kcp) run kcp kcp_echo ;;
 compare) compare ;;
 all)
     run echo-small echo_small
@@ -1007,6 +1094,7 @@ all)
     run churn churn
     run msgserver msgserver
     run vs-goscon vs_goscon
+    run kcp kcp_echo
     ;;
 esac
 echo "results in perf/results/"

@@ -102,6 +102,9 @@ pub struct ServeArgs {
     /// An origin allowed to open a WebSocket; repeat for several. Replaces the file's [default: any].
     #[arg(long = "ws-origin", value_name = "ORIGIN")]
     pub ws_origins: Vec<String>,
+    /// Also listen here (UDP) for SCP over KCP, as kcp-go clients speak it; may be the TCP address [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub kcp: Option<SocketAddr>,
 }
 
 fn parse_ws_mode(s: &str) -> Result<crate::config::WsMode, String> {
@@ -167,6 +170,9 @@ impl ServeArgs {
         }
         if !self.ws_origins.is_empty() {
             cfg.websocket.origins = self.ws_origins.clone();
+        }
+        if let Some(addr) = self.kcp {
+            cfg.kcp.listen = Some(addr);
         }
         cfg.validate()?;
         Ok(cfg)
@@ -245,6 +251,44 @@ pub struct LoadgenArgs {
     /// Game server named in the msgserver login token.
     #[arg(long, value_name = "NAME", default_value = "sample")]
     pub server: String,
+    /// What carries the streams: tcp, or kcp (SCP over KCP over UDP, to a gate's --kcp address).
+    #[arg(long, value_enum, default_value_t = LoadTransport::Tcp)]
+    pub transport: LoadTransport,
+    /// KCP: chance that the clients' link loses a datagram, each way (0 to 1).
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    pub loss: f64,
+    /// KCP: chance that the clients' link delivers a datagram twice (0 to 1).
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    pub duplicate: f64,
+    /// KCP: the clients' link holds datagrams a random time, so they overtake each other.
+    #[arg(long)]
+    pub reorder: bool,
+    /// KCP: the clients' link delays every datagram this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub delay: u64,
+    /// KCP: FEC data and parity shards, as the gate's (e.g. 3,2) [default: none].
+    #[arg(long, value_name = "D,P", value_parser = parse_fec)]
+    pub kcp_fec: Option<(usize, usize)>,
+    /// Seed of the payloads and of the KCP link's choices.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+}
+
+fn parse_fec(s: &str) -> Result<(usize, usize), String> {
+    let (d, p) = s
+        .split_once(',')
+        .ok_or_else(|| "expected DATA,PARITY (e.g. 3,2)".to_string())?;
+    let n = |x: &str| x.trim().parse::<usize>().map_err(|e| e.to_string());
+    Ok((n(d)?, n(p)?))
+}
+
+/// What carries load-generator streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LoadTransport {
+    /// TCP.
+    Tcp,
+    /// KCP over UDP (SCP only).
+    Kcp,
 }
 
 impl LoadgenArgs {
@@ -280,6 +324,23 @@ impl LoadgenArgs {
             user_prefix: self.user_prefix.clone(),
             password: self.password.clone(),
             server: self.server.clone(),
+            transport: match self.transport {
+                LoadTransport::Tcp => crate::client::loadgen::Transport::Tcp,
+                LoadTransport::Kcp => crate::client::loadgen::Transport::Kcp,
+            },
+            kcp: crate::proto::kcp::KcpSettings {
+                fec_data: self.kcp_fec.map_or(0, |f| f.0),
+                fec_parity: self.kcp_fec.map_or(0, |f| f.1),
+                ..crate::proto::kcp::KcpSettings::default()
+            },
+            impair: crate::client::kcp::Impair {
+                loss: self.loss,
+                duplicate: self.duplicate,
+                reorder: self.reorder,
+                delay: Duration::from_millis(self.delay),
+                seed: self.seed.unwrap_or(1),
+            },
+            seed: self.seed.unwrap_or(LoadgenConfig::default().seed),
             ..LoadgenConfig::default()
         }
     }

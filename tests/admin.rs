@@ -393,8 +393,9 @@ fn sighup_reloads_and_a_goscon_file_is_shown_as_yaml() {
     echo(&mut c, b"to b");
     assert_eq!(b.stats().accepted, 1);
 
-    // The only warnings (at start, and again at the reload) are about KCP,
-    // and that one shard's table cannot hold the default max_sessions.
+    // The only warnings (at start, and again at the reload) are that one
+    // shard's table cannot hold the default max_sessions: every key of
+    // goscon's default file is read, KCP's too.
     let mut g = g;
     let _ = g.child.kill();
     let _ = g.child.wait();
@@ -406,11 +407,7 @@ fn sighup_reloads_and_a_goscon_file_is_shown_as_yaml() {
         .read_to_string(&mut err)
         .unwrap();
     let warnings: Vec<&str> = err.lines().filter(|l| l.contains("WARN")).collect();
-    assert!(!warnings.is_empty(), "{err}");
     for w in warnings {
-        assert!(
-            w.ends_with("keys=kcp_option, kcp") || w.contains("not max_sessions"),
-            "{err}"
-        );
+        assert!(w.contains("not max_sessions"), "{err}");
     }
 }

@@ -31,6 +31,7 @@ pub mod backend;
 pub mod control;
 pub mod door;
 pub mod endpoint;
+pub mod kcp;
 pub mod outbound;
 pub mod ring;
 pub mod session;
@@ -118,6 +119,8 @@ pub struct Config {
     /// The skynet doors' decisions, queues and settings; required when a
     /// listener is a skynet door.
     pub skynet: Option<std::sync::Arc<skynet::SkynetHub>>,
+    /// A KCP door (SCP over KCP over UDP), if any.
+    pub kcp: Option<kcp::KcpListen>,
 }
 
 /// Receive-buffer memory all shards share when `recv_buffers` is 0.
@@ -257,6 +260,7 @@ impl Default for Config {
             ws: crate::proto::ws::WsSettings::default(),
             listen_door: None,
             skynet: None,
+            kcp: None,
         }
     }
 }
@@ -327,6 +331,8 @@ pub(crate) struct ShardLink {
     ring_fd: AtomicI32,
     eventfd: i32,
     inbox: SegQueue<Handoff>,
+    /// KCP conversations moving here, and datagrams for them.
+    kcp_inbox: SegQueue<shard::KcpMsg>,
     stats: ShardStats,
     /// Requests from the operator (kick, list sessions), answered by the
     /// shard on its own thread.
@@ -467,7 +473,11 @@ impl ShardLink {
         self.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let nudged = self.nudged.swap(false, Ordering::SeqCst);
-        if !nudged && self.commands.is_empty() && self.control.is_empty() {
+        if !nudged
+            && self.commands.is_empty()
+            && self.control.is_empty()
+            && self.kcp_inbox.is_empty()
+        {
             return true;
         }
         self.sleeping.store(false, Ordering::Relaxed);
@@ -495,12 +505,21 @@ impl Drop for Shared {
 struct ShardRing(
     #[allow(dead_code)] ring::Driver<shard::Tag>,
     #[allow(dead_code)] ring::BufRing,
+    #[allow(dead_code)] Option<ring::BufRing>,
 );
 
 // SAFETY: the shard thread that used these has exited and kept no other
 // handle to them (no buffer guard outlives a completion), so moving them to
 // the joining thread, which only drops them, shares nothing.
 unsafe impl Send for ShardRing {}
+
+/// Closes the KCP sockets of a start that failed.
+fn close_all(fds: &[Option<i32>]) {
+    for fd in fds.iter().flatten() {
+        // SAFETY: sockets we just opened and nobody else holds.
+        unsafe { libc::close(*fd) };
+    }
+}
 
 /// A running gate.
 pub struct Gate {
@@ -509,6 +528,7 @@ pub struct Gate {
     threads: Vec<JoinHandle<Vec<ShardRing>>>,
     local: SocketAddr,
     door_addrs: Vec<SocketAddr>,
+    kcp_addr: Option<SocketAddr>,
 }
 
 impl Gate {
@@ -566,6 +586,33 @@ impl Gate {
         }
         let local = bound[0].0;
         let door_addrs: Vec<SocketAddr> = bound[1..].iter().map(|(a, _)| *a).collect();
+        // One UDP socket per shard for the KCP door, the first fixing the port.
+        let mut kcp_fds: Vec<Option<i32>> = vec![None; shards];
+        let mut kcp_addr = None;
+        if let Some(k) = &cfg.kcp {
+            k.settings
+                .validate()
+                .map_err(|e| SetupError::Other(format!("kcp: {e}")))?;
+            let mut addr = k.addr;
+            for slot in kcp_fds.iter_mut() {
+                let sock = match sys::udp_socket(addr, k.recv_buffer, k.send_buffer) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        close_all(&kcp_fds);
+                        return Err(e);
+                    }
+                };
+                if kcp_addr.is_none() {
+                    addr = sock
+                        .local_addr()
+                        .ok()
+                        .and_then(|a| a.as_socket())
+                        .ok_or_else(|| SetupError::Other("kcp socket has no address".into()))?;
+                    kcp_addr = Some(addr);
+                }
+                *slot = Some(sock.into_raw_fd());
+            }
+        }
         // listeners[shard] = that shard's socket for each address, in order.
         let mut listeners: Vec<Vec<(i32, door::Door)>> = vec![
             firsts
@@ -584,6 +631,7 @@ impl Gate {
                             // SAFETY: fds we just opened and nobody else holds.
                             unsafe { libc::close(fd) };
                         }
+                        close_all(&kcp_fds);
                         return Err(e);
                     }
                 }
@@ -601,6 +649,7 @@ impl Gate {
                 ring_fd: AtomicI32::new(-1),
                 eventfd,
                 inbox: SegQueue::new(),
+                kcp_inbox: SegQueue::new(),
                 stats: ShardStats::default(),
                 control: SegQueue::new(),
                 sleeping: AtomicBool::new(false),
@@ -639,11 +688,11 @@ impl Gate {
         // has stopped, so a late hand-over never reaches a closed (or
         // reused) descriptor number.
         let nthreads = cfg.threads_for(shards);
-        // Each thread's shards: (index, its listening sockets).
-        type Members = Vec<(usize, Vec<(i32, door::Door)>)>;
+        // Each thread's shards: (index, its listening sockets, its KCP socket).
+        type Members = Vec<(usize, Vec<(i32, door::Door)>, Option<i32>)>;
         let mut groups: Vec<Members> = (0..nthreads).map(|_| Vec::new()).collect();
         for (index, listener) in listeners.into_iter().enumerate() {
-            groups[index % nthreads].push((index, listener));
+            groups[index % nthreads].push((index, listener, kcp_fds[index]));
         }
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), SetupError>>();
         let mut go = Vec::with_capacity(nthreads);
@@ -668,8 +717,9 @@ impl Gate {
                     };
                     let mut built = Vec::with_capacity(members.len());
                     let mut all_fds = Vec::new();
-                    for (index, listener) in members {
-                        let listen_fds: Vec<i32> = listener.iter().map(|l| l.0).collect();
+                    for (index, listener, kcp_fd) in members {
+                        let listen_fds: Vec<i32> =
+                            listener.iter().map(|l| l.0).chain(kcp_fd).collect();
                         all_fds.push((index, listen_fds.clone()));
                         let made =
                             group_fd
@@ -706,6 +756,7 @@ impl Gate {
                                         shared.clone(),
                                         listener,
                                         local,
+                                        kcp_fd,
                                     )
                                 });
                         match made {
@@ -744,7 +795,7 @@ impl Gate {
                     }
                     rings
                         .into_iter()
-                        .map(|(d, bufs)| ShardRing(d, bufs))
+                        .map(|(d, bufs, kbufs)| ShardRing(d, bufs, kbufs))
                         .collect::<Vec<_>>()
                 })
                 .map_err(|e| SetupError::Other(format!("cannot start a shard thread: {e}")))?;
@@ -779,6 +830,7 @@ impl Gate {
             threads,
             local,
             door_addrs,
+            kcp_addr,
         })
     }
 
@@ -790,6 +842,11 @@ impl Gate {
     /// The addresses of [`Config::doors`], in order, with the real ports.
     pub fn door_addrs(&self) -> &[SocketAddr] {
         &self.door_addrs
+    }
+
+    /// The KCP door's UDP address (with the real port), if there is one.
+    pub fn kcp_addr(&self) -> Option<SocketAddr> {
+        self.kcp_addr
     }
 
     /// Number of shards.

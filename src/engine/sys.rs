@@ -107,6 +107,34 @@ pub fn listener(addr: SocketAddr, opts: ListenOptions) -> Result<Socket, SetupEr
     Ok(sock)
 }
 
+/// A non-blocking UDP socket with SO_REUSEPORT, so that every shard can
+/// bind the same address and the kernel spreads clients over them (by
+/// their address: a client's datagrams keep reaching one shard). Kernel
+/// buffer sizes are set when given.
+pub fn udp_socket(
+    addr: SocketAddr,
+    recv_buffer: Option<usize>,
+    send_buffer: Option<usize>,
+) -> Result<Socket, SetupError> {
+    let err = |e: io::Error| SetupError::Listen { addr, err: e };
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.cloexec().nonblocking(),
+        Some(Protocol::UDP),
+    )
+    .map_err(err)?;
+    sock.set_reuse_address(true).map_err(err)?;
+    sock.set_reuse_port(true).map_err(err)?;
+    if let Some(n) = recv_buffer {
+        sock.set_recv_buffer_size(n).map_err(err)?;
+    }
+    if let Some(n) = send_buffer {
+        sock.set_send_buffer_size(n).map_err(err)?;
+    }
+    sock.bind(&addr.into()).map_err(err)?;
+    Ok(sock)
+}
+
 /// Storage for a socket address written by the kernel.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -155,6 +183,14 @@ impl RawAddr {
             }
             _ => None,
         }
+    }
+
+    /// Parses an address the kernel wrote into a `recvmsg` name.
+    pub fn parse(name: &[u8]) -> Option<SocketAddr> {
+        let mut raw = RawAddr::default();
+        let n = name.len().min(raw.buf.len());
+        raw.buf[..n].copy_from_slice(&name[..n]);
+        raw.to_socket_addr()
     }
 
     /// Encodes `addr` for a connect.

@@ -22,6 +22,7 @@
 //! to be answered once. It reuses the phases and the report; see its module.
 
 mod conn;
+mod kcp;
 mod msgserver;
 mod report;
 mod shard;
@@ -50,6 +51,15 @@ pub enum Protocol {
     /// [`LoadgenConfig::login`], then sends requests with sessions to
     /// [`LoadgenConfig::connect`] (blocking clients on threads, not io_uring).
     Msgserver,
+}
+
+/// What carries the clients' streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP (the io_uring client).
+    Tcp,
+    /// KCP over UDP, as kcp-go clients (SCP only; see the `kcp` module).
+    Kcp,
 }
 
 /// Settings of a load run; mirrors the options of `ringgate loadgen`.
@@ -105,6 +115,12 @@ pub struct LoadgenConfig {
     pub password: String,
     /// Game server name in the login token (msgserver only).
     pub server: String,
+    /// What carries the streams.
+    pub transport: Transport,
+    /// KCP: the conversations' settings (FEC must match the gate's).
+    pub kcp: crate::proto::kcp::KcpSettings,
+    /// KCP: what the clients' link does to their datagrams.
+    pub impair: crate::client::kcp::Impair,
 }
 
 impl Default for LoadgenConfig {
@@ -135,6 +151,9 @@ impl Default for LoadgenConfig {
             user_prefix: "user".into(),
             password: "password".into(),
             server: "sample".into(),
+            transport: Transport::Tcp,
+            kcp: crate::proto::kcp::KcpSettings::default(),
+            impair: crate::client::kcp::Impair::default(),
         }
     }
 }
@@ -291,6 +310,25 @@ fn check(cfg: &LoadgenConfig) -> Result<(), LoadgenError> {
     if cfg.target.is_some() && cfg.protocol == Protocol::StableConnection {
         return bad("--target is part of the SCP handshake; stable-connection has none");
     }
+    if cfg.transport == Transport::Kcp {
+        if cfg.protocol != Protocol::Scp {
+            return bad("--transport kcp carries --protocol scp");
+        }
+        if cfg.storm || cfg.abort_probability > 0.0 || !cfg.source_ips.is_empty() {
+            return bad(
+                "--transport kcp takes --resume-every, not --storm, --abort-probability or \
+                 --source-ips",
+            );
+        }
+        if let Err(e) = cfg.kcp.validate() {
+            return bad(&e);
+        }
+    } else if !cfg.impair.is_clean() {
+        return bad("--loss, --duplicate, --reorder and --delay apply to --transport kcp");
+    }
+    if !(0.0..=1.0).contains(&cfg.impair.loss) || !(0.0..=1.0).contains(&cfg.impair.duplicate) {
+        return bad("--loss and --duplicate must be within 0-1");
+    }
     if cfg.resume_every == Some(0) {
         return bad("--resume-every must be at least 1");
     }
@@ -323,7 +361,9 @@ pub fn run(cfg: LoadgenConfig) -> Result<Report, LoadgenError> {
 
     // One thread per core at most, each driving every `nthreads`-th shard.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let nthreads = if cfg.protocol == Protocol::Msgserver {
+    // msgserver users and KCP conversations run one shard per thread.
+    let one_each = cfg.protocol == Protocol::Msgserver || cfg.transport == Transport::Kcp;
+    let nthreads = if one_each {
         shards
     } else {
         cfg.threads.unwrap_or(cores).clamp(1, shards)
@@ -341,14 +381,16 @@ pub fn run(cfg: LoadgenConfig) -> Result<Report, LoadgenError> {
         let (cfg, ctl) = (cfg.clone(), ctl.clone());
         let t = std::thread::Builder::new()
             .name(format!("loadgen-{t}"))
-            .spawn(move || match cfg.protocol {
-                Protocol::Msgserver => members
+            .spawn(move || {
+                let single = match (cfg.protocol, cfg.transport) {
+                    (Protocol::Msgserver, _) => msgserver::run,
+                    (_, Transport::Kcp) => kcp::run,
+                    _ => return shard::run(members, shards, cfg, ctl),
+                };
+                members
                     .into_iter()
-                    .map(|(index, count)| {
-                        msgserver::run(index, shards, count, cfg.clone(), ctl.clone())
-                    })
-                    .collect(),
-                _ => shard::run(members, shards, cfg, ctl),
+                    .map(|(index, count)| single(index, shards, count, cfg.clone(), ctl.clone()))
+                    .collect()
             })
             .map_err(|e| LoadgenError::Thread(format!("cannot start a shard: {e}")))?;
         threads.push(t);

@@ -158,6 +158,7 @@ impl Shard {
             sending_session: false,
             last_rx: Instant::now(),
             ws: None,
+            kcp: None,
         });
         let now = Instant::now();
         let timer = crate::engine::timer::Entry { index: ci, epoch };

@@ -72,6 +72,7 @@ impl Shard {
             self.idle_timers = Some(idle);
         }
         self.sweep_inbox();
+        self.kcp_expire();
         if self.log_skipped > 0 && self.log_lines < SESSION_LINES {
             info!(
                 shard = self.index,
@@ -106,6 +107,7 @@ impl Shard {
             sessions = self.by_id.len(),
             "shutting down"
         );
+        self.kcp_stop();
         for li in 0..self.listeners.len() {
             for op in std::mem::take(&mut self.listeners[li].accepts) {
                 self.d.cancel(op);

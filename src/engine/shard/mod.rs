@@ -17,12 +17,15 @@ mod conn;
 mod control;
 mod handoff;
 mod housekeeping;
+mod kcp;
 mod sessions;
 mod skynet;
 mod stable;
 mod upstream;
 mod workers;
 mod ws;
+
+pub(crate) use kcp::KcpMsg;
 
 use super::backend::{Backend, UpstreamChoice, UpstreamPolicy};
 use super::door::{Door, DoorGreeting, StableIndex};
@@ -82,6 +85,9 @@ pub(crate) enum Op {
     HandoffIn,
     HandoffOut,
     SlotClosed,
+    KcpRecv,
+    KcpSend,
+    KcpTick,
 }
 
 /// A completion's tag: the operation and the slab entry (with its epoch, so
@@ -161,6 +167,9 @@ struct Conn {
     last_rx: Instant,
     /// A WebSocket door's connection: its upgrade and frames.
     ws: Option<Box<crate::proto::ws::WsConn>>,
+    /// A KCP conversation's stream: the conversation (its endpoint is
+    /// detached; see `kcp.rs`).
+    kcp: Option<usize>,
 }
 
 /// How an upstream link is coming along.
@@ -284,6 +293,8 @@ pub struct Shard {
     worker_waiting: Vec<(usize, u32)>,
     /// The skynet doors' users and connections, when the gate has them.
     skynet: Option<Box<skynet::SkynetShard>>,
+    /// The KCP door, when the gate has one.
+    kcp: Option<Box<kcp::KcpSide>>,
 }
 
 /// A peer address for log lines: the address, or `?` when the kernel did
@@ -309,6 +320,7 @@ impl Shard {
         shared: Arc<Shared>,
         listeners: Vec<(i32, Door)>,
         local: SocketAddr,
+        kcp_fd: Option<i32>,
     ) -> Result<Shard, sys::SetupError> {
         let wanted = match cfg.direct_table {
             0 => cfg.max_sessions / cfg.shards.max(1) * 3 + 1024,
@@ -323,6 +335,10 @@ impl Shard {
         let recv_policy = RecvPolicy {
             buf_size: cfg.recv_buffer_size,
             capped_multishot: super::endpoint::probe_capped_multishot(&bufs, &mut ring),
+        };
+        let kcp = match (kcp_fd, &cfg.kcp) {
+            (Some(fd), Some(k)) => Some(Box::new(kcp::KcpSide::new(&ring, fd, k.clone())?)),
+            _ => None,
         };
         let space = IdSpace::new(cfg.shards);
         let (proxy, hub) = match &cfg.backend {
@@ -342,6 +358,7 @@ impl Shard {
             hub,
             worker_waiting: Vec::new(),
             skynet: skynet::SkynetShard::for_config(&cfg),
+            kcp,
             cfg,
             shared,
             listeners: listeners
@@ -435,7 +452,7 @@ impl Shard {
     /// Runs until shutdown completes; returns the ring, which must outlive
     /// every shard that may still message it (the gate drops it after
     /// joining them all), and the receive buffers its operations may name.
-    pub fn run(mut self) -> (Driver<Tag>, BufRing) {
+    pub fn run(mut self) -> (Driver<Tag>, BufRing, Option<BufRing>) {
         self.start();
         let mut done: Vec<Completion<Tag>> = Vec::with_capacity(1024);
         while !self.turn(true, &mut done) {}
@@ -452,7 +469,10 @@ impl Shard {
     /// turning the rings that have work, rather than a thread per ring,
     /// which would pay a wake-up and a context switch for nearly every
     /// completion once the threads outnumber the cores.
-    pub fn run_group(mut shards: Vec<Shard>, eventfd: i32) -> Vec<(Driver<Tag>, BufRing)> {
+    pub fn run_group(
+        mut shards: Vec<Shard>,
+        eventfd: i32,
+    ) -> Vec<(Driver<Tag>, BufRing, Option<BufRing>)> {
         for s in &mut shards {
             s.start();
         }
@@ -496,6 +516,7 @@ impl Shard {
     /// The operations a shard always has in flight.
     fn start(&mut self) {
         self.arm_accept();
+        self.arm_kcp_recv();
         self.arm_tick();
         self.arm_wake();
     }
@@ -507,6 +528,7 @@ impl Shard {
         link.nudged.load(Ordering::SeqCst)
             || !link.commands.is_empty()
             || !link.control.is_empty()
+            || !link.kcp_inbox.is_empty()
             || self.d.has_work()
     }
 
@@ -523,6 +545,7 @@ impl Shard {
         self.worker_round();
         self.skynet_round();
         self.control_round();
+        self.kcp_round();
         let wait = may_wait && self.shared.shards[self.index].prepare_sleep();
         self.d.submit_and_reap(wait, done);
         self.shared.shards[self.index].woke();
@@ -543,9 +566,9 @@ impl Shard {
         false
     }
 
-    fn into_ring(self) -> (Driver<Tag>, BufRing) {
-        let Shard { d, bufs, .. } = self;
-        (d, bufs)
+    fn into_ring(self) -> (Driver<Tag>, BufRing, Option<BufRing>) {
+        let Shard { d, bufs, kcp, .. } = self;
+        (d, bufs, kcp.map(|k| k.into_bufs()))
     }
 
     fn dispatch(&mut self, c: Completion<Tag>) {
@@ -571,11 +594,15 @@ impl Shard {
             Op::Wake => self.on_wake(),
             Op::HandoffIn => self.on_handoff_in(index, epoch, c.result),
             Op::HandoffOut => self.on_handoff_out(index, epoch, c.result),
+            Op::KcpRecv => self.on_kcp_recv(c),
+            Op::KcpSend => self.on_kcp_send(c),
+            Op::KcpTick => self.on_kcp_tick(&c),
             Op::Close | Op::UpClose | Op::SlotClosed => {}
         }
     }
 
     fn after_batch(&mut self) {
+        self.kcp_after_batch();
         if self.stopping.is_none() && !self.listeners.is_empty() {
             let free = self.table.saturating_sub(self.slots);
             let burst = LISTEN_BACKLOG as usize * self.listeners.len();
