@@ -2,7 +2,7 @@
 # Puts ringgate beside its baselines in one run, on loopback, and writes a
 # markdown table per scenario to perf/results/<scenario>-<date>.md.
 #
-#   perf/run.sh [echo-small|idle-memory|storm|bulk|relay-baseline|churn|msgserver|websocket|all]
+#   perf/run.sh [echo-small|idle-memory|storm|bulk|relay-baseline|churn|msgserver|vs-goscon|kcp|websocket|all]
 #   OLD=/path/to/old/ringgate perf/run.sh compare [SCENARIO...]
 #
 # Every ratio compares figures measured in the same run of this script.
@@ -15,6 +15,12 @@
 # shards, default 8), CHURN_IDLE_RATE (messages per second per idle session,
 # default 0.0001), CHURN_LOG (the gate's RUST_LOG, default warn).
 # msgserver: MSG_USERS (logged-in users, and SCP sessions beside them; default 1000).
+# vs-goscon (and goscon's rows in relay-baseline): GOSCON, the path to a goscon
+# binary you built yourself from https://github.com/ejoy/goscon (`go build
+# -mod=vendor` in its checkout); without it those parts are skipped.
+# HELD_SESSIONS (default 5000) sessions at one message per second for RSS.
+# kcp: KCP_SESSIONS (default 200) SCP sessions over KCP beside as many over TCP
+# through one gate, and through goscon's KCP listener when GOSCON is set.
 # websocket: WS_SESSIONS (busy sessions per transport, default 1000), WS_IDLE (idle
 # sessions per transport for RSS, default 5000), WS_ROUNDS (turns of the busy
 # loads, default 3); needs openssl for its certificate.
@@ -22,7 +28,9 @@
 # one this tree builds (the load generator and echo server are always this
 # tree's) and writes perf/results/compare-<date>.md; OLD_LABEL names the old
 # binary in the tables. Scenarios: echo-small, relay-baseline, idle-memory,
-# storm, churn (default: all five).
+# storm, churn (default: all five), and paired: both gates loaded at the same
+# time, PAIRED_ROUNDS rounds (default 4) alternating which starts first, for a
+# CPU-per-message ratio that a noisy host disturbs less.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +46,9 @@ CHURN_SHARDS=${CHURN_SHARDS:-8}
 CHURN_IDLE_RATE=${CHURN_IDLE_RATE:-0.0001}
 CHURN_LOG=${CHURN_LOG:-warn}
 MSG_USERS=${MSG_USERS:-1000}
+HELD_SESSIONS=${HELD_SESSIONS:-5000}
+KCP_SESSIONS=${KCP_SESSIONS:-200}
+GOSCON=${GOSCON:-}
 WS_SESSIONS=${WS_SESSIONS:-1000}
 WS_IDLE=${WS_IDLE:-5000}
 WS_ROUNDS=${WS_ROUNDS:-3}
@@ -64,21 +75,21 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 usage() {
-    echo "usage: $0 [echo-small|idle-memory|storm|bulk|relay-baseline|churn|msgserver|websocket|all]" >&2
-    echo "       OLD=/path/to/old/ringgate $0 compare [echo-small|relay-baseline|idle-memory|storm|churn...]" >&2
+    echo "usage: $0 [echo-small|idle-memory|storm|bulk|relay-baseline|churn|msgserver|vs-goscon|kcp|websocket|all]" >&2
+    echo "       OLD=/path/to/old/ringgate $0 compare [echo-small|relay-baseline|idle-memory|storm|churn|paired...]" >&2
     exit 2
 }
 
 COMPARE=()
 case "$SCENARIO" in
-echo-small | idle-memory | storm | bulk | relay-baseline | churn | msgserver | websocket | all) ;;
+echo-small | idle-memory | storm | bulk | relay-baseline | churn | msgserver | vs-goscon | kcp | websocket | all) ;;
 compare)
     shift
     COMPARE=("$@")
     [ ${#COMPARE[@]} -eq 0 ] && COMPARE=(echo-small relay-baseline idle-memory storm churn)
     for s in "${COMPARE[@]}"; do
         case "$s" in
-        echo-small | relay-baseline | idle-memory | storm | churn) ;;
+        echo-small | relay-baseline | idle-memory | storm | churn | paired) ;;
         *) usage ;;
         esac
     done
@@ -234,6 +245,49 @@ EOF
     HAPROXY_PID=$LAST_PID
 }
 
+# have_goscon : whether GOSCON names a goscon binary; says why not otherwise.
+have_goscon() {
+    if [ -z "$GOSCON" ]; then
+        echo "GOSCON is not set: goscon's rows are skipped. Build goscon from https://github.com/ejoy/goscon" >&2
+        echo "(go build -mod=vendor in its checkout) and run again with GOSCON=/path/to/goscon." >&2
+        return 1
+    fi
+    if [ ! -x "$GOSCON" ]; then
+        echo "GOSCON=$GOSCON is not an executable file: goscon's rows are skipped" >&2
+        return 1
+    fi
+}
+
+# goscon_gate : goscon (TCP only, SCP, the same reuse settings as ringgate's
+# defaults) in front of the echo server; sets GOSCON_PORT and GOSCON_PID.
+goscon_gate() {
+    next_port
+    local manager=$PORT # goscon's HTTP manager must have a port of its own
+    next_port
+    GOSCON_PORT=$PORT
+    mkdir -p "$TMP/goscon"
+    cat >"$TMP/goscon/config.yaml" <<EOF
+manager: 127.0.0.1:$manager
+tcp: 127.0.0.1:$GOSCON_PORT
+scp:
+  handshake_timeout: 30
+  reuse_time: 30
+  reuse_buffer: 65536
+tcp_option:
+  read_timeout: 0
+  keepalive: false
+upstream_option:
+  net: tcp
+hosts:
+  - name: echo
+    addr: 127.0.0.1:$ECHO_PORT
+    weight: 100
+EOF
+    # goscon logs through glog into -log_dir (its default is the working directory).
+    start goscon "$GOSCON_PORT" "$GOSCON" -config "$TMP/goscon/config.yaml" -log_dir "$TMP/goscon"
+    GOSCON_PID=$LAST_PID
+}
+
 # table TITLE FILE NOTES ROWSPEC... : builds the markdown table from JSON
 # reports; the first row is the baseline. ROWSPEC is "label=path.json".
 # Columns are chosen with COLUMNS="key:heading:better" (better = up|down).
@@ -332,20 +386,22 @@ echo_small() {
 }
 
 idle_run() {
-    # idle_run OUT.json PORT PID: 10k sessions, each sends one 64-byte message
-    # within 10 s then one every 10 s; RSS sampled while they are held.
-    local out=$1 port=$2 pid=$3 proto=$4
+    # idle_run OUT.json PORT PID PROTO [N [RATE]]: N sessions (default 10k),
+    # each sends one 64-byte message within 1/RATE s (default 0.1/s) then one
+    # every 1/RATE s; RSS sampled while they are held.
+    local out=$1 port=$2 pid=$3 proto=$4 n=${5:-10000} rate=${6:-0.1}
     local before after
     before=$(rss_kb "$pid")
-    loadgen "$out" --connect "127.0.0.1:$port" --protocol "$proto" --connections 10000 \
-        --size 64 --rate 0.1 --duration 20 &
+    loadgen "$out" --connect "127.0.0.1:$port" --protocol "$proto" --connections "$n" \
+        --size 64 --rate "$rate" --duration 20 &
     local lg=$!
     PIDS+=("$lg")
     for _ in $(seq 600); do
-        [ "$(established "$port")" -ge 10000 ] && break
+        [ "$(established "$port")" -ge "$n" ] && break
         sleep 0.1
     done
-    sleep 12 # every session has sent its first message (staggered over 10 s)
+    # every session has sent its first message (staggered over 1/RATE s)
+    sleep "$(python3 -c "print(1 / $rate + 2)")"
     after=$(rss_kb "$pid")
     wait "$lg"
     python3 - "$out" "$before" "$after" <<'EOF'
@@ -430,7 +486,12 @@ relay_baseline() {
         stop "$ECHO_PID"
         return 0
     fi
-    local load
+    local load goscon=0 small_goscon=() bulk_goscon=()
+    if have_goscon; then
+        goscon=1
+        small_goscon=("goscon, SCP=$TMP/rb-small-goscon.json")
+        bulk_goscon=("goscon, SCP=$TMP/rb-bulk-goscon.json")
+    fi
     for load in small bulk; do
         local -a args
         if [ "$load" = small ]; then args=("${SMALL[@]}"); else args=("${BULK[@]}"); fi
@@ -442,17 +503,145 @@ relay_baseline() {
         measure_cpu "$GATE_PID" "$TMP/rb-$load-scp.json" --connect "127.0.0.1:$GATE_PORT" --protocol scp "${args[@]}"
         stop "$GATE_PID"
         for f in haproxy plain scp; do with_cpu_per_million "$TMP/rb-$load-$f.json"; done
+        if [ "$goscon" = 1 ]; then
+            goscon_gate
+            measure_cpu "$GOSCON_PID" "$TMP/rb-$load-goscon.json" --connect "127.0.0.1:$GOSCON_PORT" --protocol scp "${args[@]}"
+            stop "$GOSCON_PID"
+            with_cpu_per_million "$TMP/rb-$load-goscon.json"
+        fi
     done
     stop "$HAPROXY_PID"
     stop "$ECHO_PID"
     COLUMNS="msgs_per_sec:msgs/s:up,latency_us.p50:p50 µs:down,latency_us.p99:p99 µs:down,cpu_s_per_million_msgs:CPU s / 1M msgs:down,bytes_lost:bytes lost:-" \
         table "$out" "relay-baseline, echo-small load: 1000 connections, 64-byte messages" \
-        "Baseline: HAProxy $(haproxy -v 2>/dev/null | head -1 | awk '{print $3}') in TCP mode (2 threads) relaying plain TCP to \`ringgate echo\`. \`ringgate serve --plain\` relays the same plain load (same upstream); \`ringgate serve\` (SCP) carries the same frames inside SCP, so its row adds the cost of SCP. CPU: the relay process only." \
-        "haproxy, plain=$TMP/rb-small-haproxy.json" "ringgate serve --plain=$TMP/rb-small-plain.json" "ringgate serve, SCP=$TMP/rb-small-scp.json"
+        "Baseline: HAProxy $(haproxy -v 2>/dev/null | head -1 | awk '{print $3}') in TCP mode (2 threads) relaying plain TCP to \`ringgate echo\`. \`ringgate serve --plain\` relays the same plain load (same upstream); \`ringgate serve\` (SCP) carries the same frames inside SCP, so its row adds the cost of SCP; goscon's row (when GOSCON is set) carries the same SCP load. CPU: the relay process only." \
+        "haproxy, plain=$TMP/rb-small-haproxy.json" "ringgate serve --plain=$TMP/rb-small-plain.json" "ringgate serve, SCP=$TMP/rb-small-scp.json" "${small_goscon[@]}"
     COLUMNS="mb_per_sec:MB/s (each way):up,latency_us.p99:p99 µs:down,cpu_seconds:CPU s of the relay:down,bytes_lost:bytes lost:-" \
         table "$out" "relay-baseline, bulk load: 16 connections, 16 KiB messages" \
         "As above, with the bulk load." \
-        "haproxy, plain=$TMP/rb-bulk-haproxy.json" "ringgate serve --plain=$TMP/rb-bulk-plain.json" "ringgate serve, SCP=$TMP/rb-bulk-scp.json"
+        "haproxy, plain=$TMP/rb-bulk-haproxy.json" "ringgate serve --plain=$TMP/rb-bulk-plain.json" "ringgate serve, SCP=$TMP/rb-bulk-scp.json" "${bulk_goscon[@]}"
+}
+
+# ---- vs-goscon: the gate it replaces, on the same load --------------------------
+
+vs_goscon() {
+    local out="perf/results/vs-goscon-$DATE.md"
+    header "$out" vs-goscon
+    if ! have_goscon; then
+        echo "GOSCON is not set or not executable: vs-goscon skipped (see above for how to get goscon)" | tee -a "$out"
+        return 0
+    fi
+    echo_server
+    # CPU per message: the echo-small load through each gate.
+    goscon_gate
+    measure_cpu "$GOSCON_PID" "$TMP/vg-goscon.json" --connect "127.0.0.1:$GOSCON_PORT" --protocol scp "${SMALL[@]}"
+    stop "$GOSCON_PID"
+    gate
+    measure_cpu "$GATE_PID" "$TMP/vg-gate.json" --connect "127.0.0.1:$GATE_PORT" --protocol scp "${SMALL[@]}"
+    stop "$GATE_PID"
+    for f in goscon gate; do with_cpu_per_million "$TMP/vg-$f.json"; done
+    # Memory per session: HELD_SESSIONS sessions at one message a second, each
+    # gate fresh, RSS growth while they are held.
+    goscon_gate
+    idle_run "$TMP/vm-goscon.json" "$GOSCON_PORT" "$GOSCON_PID" scp "$HELD_SESSIONS" 1
+    stop "$GOSCON_PID"
+    gate
+    idle_run "$TMP/vm-gate.json" "$GATE_PORT" "$GATE_PID" scp "$HELD_SESSIONS" 1
+    stop "$GATE_PID"
+    stop "$ECHO_PID"
+    local version
+    version=$("$GOSCON" -version 2>/dev/null | head -1 || true)
+    COLUMNS="msgs_per_sec:msgs/s:up,latency_us.p50:p50 µs:down,latency_us.p99:p99 µs:down,cpu_s_per_million_msgs:CPU s / 1M msgs:down,bytes_lost:bytes lost:-,bytes_duplicated:bytes dup:-" \
+        table "$out" "vs-goscon, CPU: 1000 SCP sessions, 64-byte messages, next message when the echo returns" \
+        "Baseline: ${version:-goscon} (GOMAXPROCS = all cores) proxying SCP to \`ringgate echo\`. ringgate: \`ringgate serve\` ($GATE_SHARDS shards) proxying to the same echo. Same load generator, same load. CPU: the gate process only (the echo and the load generator are not counted), over the whole load run ÷ all echoes." \
+        "goscon=$TMP/vg-goscon.json" "ringgate serve=$TMP/vg-gate.json"
+    COLUMNS="connections:sessions:-,rss_before_kib:RSS before KiB:-,rss_held_kib:RSS held KiB:-,rss_per_session_bytes:RSS per session (bytes):down,bytes_lost:bytes lost:-" \
+        table "$out" "vs-goscon, memory: $HELD_SESSIONS SCP sessions, one 64-byte message per second each" \
+        "Gate RSS while the sessions are held − RSS before they opened, ÷ sessions (user space; the kernel's socket memory is the same for both and not in RSS). Each gate freshly started, proxying to the same echo." \
+        "goscon=$TMP/vm-goscon.json" "ringgate serve=$TMP/vm-gate.json"
+}
+
+# ---- kcp: SCP over KCP beside SCP over TCP, through one gate ---------------------
+
+# goscon_kcp_gate : goscon listening for TCP and KCP on one port (its sample
+# kcp_option with the gate's default windows, no FEC) in front of the echo
+# server; sets GOSCON_PORT and GOSCON_PID.
+goscon_kcp_gate() {
+    next_port
+    local manager=$PORT
+    next_port
+    GOSCON_PORT=$PORT
+    mkdir -p "$TMP/goscon-kcp"
+    cat >"$TMP/goscon-kcp/config.yaml" <<EOF
+manager: 127.0.0.1:$manager
+tcp: 127.0.0.1:$GOSCON_PORT
+kcp: 127.0.0.1:$GOSCON_PORT
+scp:
+  handshake_timeout: 30
+  reuse_time: 30
+  reuse_buffer: 65536
+tcp_option:
+  read_timeout: 0
+  keepalive: false
+kcp_option:
+  read_timeout: 60
+  fec_data_shards: 0
+  fec_parity_shards: 0
+  read_buffer: 4194304
+  write_buffer: 4194304
+  opt_mtu: 1400
+  opt_nodelay: 1
+  opt_interval: 10
+  opt_resend: 2
+  opt_nc: 1
+  opt_sndwnd: 256
+  opt_rcvwnd: 256
+  opt_stream: true
+  opt_writedelay: false
+upstream_option:
+  net: tcp
+hosts:
+  - name: echo
+    addr: 127.0.0.1:$ECHO_PORT
+    weight: 100
+EOF
+    start goscon-kcp "$GOSCON_PORT" "$GOSCON" -config "$TMP/goscon-kcp/config.yaml" -log_dir "$TMP/goscon-kcp"
+    GOSCON_PID=$LAST_PID
+}
+
+kcp_echo() {
+    local out="perf/results/kcp-$DATE.md"
+    header "$out" kcp
+    local load=(--connections "$KCP_SESSIONS" --size 64 --rate 0 --duration "$DURATION")
+    echo_server
+    # One gate, both listeners on one port (as goscon's sample config has it).
+    next_port
+    GATE_PORT=$PORT
+    start gate "$GATE_PORT" "$GATE_BIN" serve --listen "127.0.0.1:$GATE_PORT" --kcp "127.0.0.1:$GATE_PORT" \
+        --shards "$GATE_SHARDS" --upstream "echo=127.0.0.1:$ECHO_PORT" --max-sessions 1000000
+    GATE_PID=$LAST_PID
+    measure_cpu "$GATE_PID" "$TMP/kc-tcp.json" --connect "127.0.0.1:$GATE_PORT" --protocol scp "${load[@]}"
+    measure_cpu "$GATE_PID" "$TMP/kc-kcp.json" --connect "127.0.0.1:$GATE_PORT" --transport kcp "${load[@]}"
+    measure_cpu "$GATE_PID" "$TMP/kc-kcp-lossy.json" --connect "127.0.0.1:$GATE_PORT" --transport kcp \
+        --loss 0.05 --reorder --duplicate 0.01 --resume-every 100 --seed 7 "${load[@]}"
+    stop "$GATE_PID"
+    local rows=() files=(tcp kcp kcp-lossy)
+    if have_goscon; then
+        goscon_kcp_gate
+        measure_cpu "$GOSCON_PID" "$TMP/kc-goscon.json" --connect "127.0.0.1:$GOSCON_PORT" --transport kcp "${load[@]}"
+        stop "$GOSCON_PID"
+        rows=("goscon, SCP over KCP=$TMP/kc-goscon.json")
+        files+=(goscon)
+    else
+        echo "GOSCON is not set or not executable: goscon's KCP row is skipped" | tee -a "$out"
+    fi
+    stop "$ECHO_PID"
+    for f in "${files[@]}"; do with_cpu_per_million "$TMP/kc-$f.json"; done
+    COLUMNS="msgs_per_sec:msgs/s:up,latency_us.p50:p50 µs:down,latency_us.p99:p99 µs:down,cpu_s_per_million_msgs:CPU s / 1M msgs:down,resumes_ok:resumes:-,bytes_lost:bytes lost:-,bytes_duplicated:bytes dup:-" \
+        table "$out" "kcp: $KCP_SESSIONS SCP sessions, 64-byte messages, next message when the echo returns" \
+        "Baseline: \`ringgate serve\` ($GATE_SHARDS shards) with the same sessions over TCP (the io_uring load generator). KCP rows: the same gate process, its KCP door on the same port, loaded by \`loadgen --transport kcp\` (a poll loop per client thread over non-blocking UDP sockets; KCP nodelay, interval 10 ms, windows 256). The lossy row impairs the clients' own link (5% loss each way, 1% duplicates, reordering) and resumes every session every 100 echoes over a new conversation. goscon's row (when GOSCON is set) is goscon's KCP listener with the same kcp_option. All proxy to the same \`ringgate echo\`. CPU: the gate process only, over the whole load run ÷ all echoes." \
+        "ringgate serve, SCP over TCP=$TMP/kc-tcp.json" "ringgate serve, SCP over KCP=$TMP/kc-kcp.json" \
+        "ringgate serve, SCP over KCP, lossy link=$TMP/kc-kcp-lossy.json" "${rows[@]}"
 }
 
 # ---- churn: resumes beside few and many idle sessions -------------------------
@@ -676,6 +865,91 @@ cmp_churn() {
     churn_run "$TMP/cmp-ch-$tag-many.json" "$IDLE_MANY"
 }
 
+# cmp_paired OUT : the old and the new gate under the same load at the same
+# time, PAIRED_ROUNDS rounds (default 4), the start order alternating: on a
+# shared, noisy host both see the same interference, so the ratio of their
+# CPU per message holds steadier than two runs one after the other.
+cmp_paired() {
+    local out=$1 rounds=${PAIRED_ROUNDS:-4} r
+    local conns=500
+    echo_server
+    local echo_a=$ECHO_PORT echo_a_pid=$ECHO_PID
+    echo_server
+    local echo_b=$ECHO_PORT
+    for r in $(seq "$rounds"); do
+        echo "-- paired round $r"
+        local first=old second=new
+        [ $((r % 2)) = 0 ] && first=new second=old
+        local tag port pid
+        declare -A gport gpid before
+        for tag in $first $second; do
+            if [ "$tag" = old ]; then GATE_BIN=$OLD; else GATE_BIN=$BIN; fi
+            next_port
+            port=$PORT
+            local up=$echo_a
+            [ "$tag" = new ] && up=$echo_b
+            start "gate-$tag" "$port" "$GATE_BIN" serve --listen "127.0.0.1:$port" --shards 1 \
+                --upstream "echo=127.0.0.1:$up" --max-sessions 100000
+            gport[$tag]=$port
+            gpid[$tag]=$LAST_PID
+        done
+        GATE_BIN=$BIN
+        local -a lgs=()
+        for tag in $first $second; do
+            before[$tag]=$(cpu_ticks "${gpid[$tag]}")
+        done
+        for tag in $first $second; do
+            "$BIN" loadgen --json "$TMP/cmp-pr-$tag-$r.json" --connect "127.0.0.1:${gport[$tag]}" --protocol scp \
+                --connections $conns --size 64 --rate 0 --duration "$DURATION" --shards 1 >"$TMP/cmp-pr-$tag-$r.txt" 2>&1 &
+            lgs+=($!)
+        done
+        wait "${lgs[@]}"
+        for tag in old new; do
+            python3 - "$TMP/cmp-pr-$tag-$r.json" "${before[$tag]}" "$(cpu_ticks "${gpid[$tag]}")" "$(getconf CLK_TCK)" <<'EOF'
+import json, sys
+path, before, after, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+d = json.load(open(path))
+d["cpu_seconds"] = (after - before) / hz
+json.dump(d, open(path, "w"), indent=2)
+EOF
+            with_cpu_per_million "$TMP/cmp-pr-$tag-$r.json"
+            stop "${gpid[$tag]}"
+        done
+    done
+    stop "$ECHO_PID"
+    stop "$echo_a_pid"
+    python3 - "$out" "$rounds" "$TMP" "$OLD_NAME" "$NEW_NAME" "$conns" "$DURATION" <<'EOF'
+import json, statistics, sys
+out, rounds, tmp, old_name, new_name, conns, secs = sys.argv[1:8]
+rows, cpu_r, msg_r = [], [], []
+for r in range(1, int(rounds) + 1):
+    o = json.load(open(f"{tmp}/cmp-pr-old-{r}.json"))
+    n = json.load(open(f"{tmp}/cmp-pr-new-{r}.json"))
+    co, cn = o["cpu_s_per_million_msgs"], n["cpu_s_per_million_msgs"]
+    cpu_r.append(cn / co)
+    msg_r.append(n["msgs_per_sec"] / o["msgs_per_sec"])
+    lost = o["bytes_lost"] + n["bytes_lost"] + o["bytes_duplicated"] + n["bytes_duplicated"]
+    first = "old" if r % 2 else "new"
+    rows.append(f"| {r} ({first} first) | {co:.2f} | {cn:.2f} | {cn / co:.3f}× | {o['msgs_per_sec']:,.0f} | {n['msgs_per_sec']:,.0f} | {n['msgs_per_sec'] / o['msgs_per_sec']:.3f}× | {lost} |")
+lines = [
+    f"## paired: both gates at once, {conns} SCP sessions each, 64-byte messages, {secs}s a round",
+    "",
+    "Each round starts the old and the new gate (1 shard each, each proxying to its own `ringgate echo`)",
+    "and loads both at the same time with their own load generators, so whatever else the host runs",
+    "slows both alike. CPU: each gate process's own CPU seconds over the round ÷ its echoed messages.",
+    "",
+    f"| round | {old_name}: CPU s / 1M msgs | {new_name}: CPU s / 1M msgs | new ÷ old | old msgs/s | new msgs/s | new ÷ old | bytes lost + dup |",
+    "|---|---|---|---|---|---|---|---|",
+    *rows,
+    f"| **median** | | | **{statistics.median(cpu_r):.3f}×** | | | **{statistics.median(msg_r):.3f}×** | |",
+    "",
+]
+text = "\n".join(lines)
+open(out, "a").write(text + "\n")
+print(text)
+EOF
+}
+
 compare() {
     local out="perf/results/compare-$DATE.md" s tag
     local old_rev=""
@@ -691,6 +965,10 @@ compare() {
     } >>"$out"
     for s in "${COMPARE[@]}"; do
         echo "== compare $s"
+        if [ "$s" = paired ]; then
+            cmp_paired "$out"
+            continue
+        fi
         for tag in old new; do
             if [ "$tag" = old ]; then GATE_BIN=$OLD; else GATE_BIN=$BIN; fi
             echo "-- $tag gate: $GATE_BIN"
@@ -956,6 +1234,8 @@ bulk) run bulk bulk ;;
 relay-baseline) run relay-baseline relay_baseline ;;
 churn) run churn churn ;;
 msgserver) run msgserver msgserver ;;
+vs-goscon) run vs-goscon vs_goscon ;;
+kcp) run kcp kcp_echo ;;
 websocket) run websocket websocket ;;
 compare) compare ;;
 all)
@@ -966,6 +1246,8 @@ all)
     run relay-baseline relay_baseline
     run churn churn
     run msgserver msgserver
+    run vs-goscon vs_goscon
+    run kcp kcp_echo
     run websocket websocket
     ;;
 esac

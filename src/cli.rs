@@ -54,9 +54,12 @@ pub struct ServeArgs {
     /// Address clients connect to [default: 127.0.0.1:1248].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Threads, each with its own ring [default: the number of cores].
+    /// Threads, each with its own ring [default: from the cores and max_sessions].
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
+    /// Threads that drive the shards' rings [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// Upstream server; repeat for several. Replaces the file's hosts.
     #[arg(long = "upstream", value_name = "NAME=HOST:PORT[,WEIGHT]", value_parser = parse_upstream)]
     pub upstreams: Vec<UpstreamHost>,
@@ -108,6 +111,9 @@ pub struct ServeArgs {
     /// PEM private key of the wss listener; read again on reload.
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Also listen here (UDP) for SCP over KCP, as kcp-go clients speak it; may be the TCP address [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub kcp: Option<SocketAddr>,
 }
 
 fn parse_ws_mode(s: &str) -> Result<crate::config::WsMode, String> {
@@ -129,6 +135,9 @@ impl ServeArgs {
         }
         if let Some(shards) = self.shards {
             cfg.shards = shards;
+        }
+        if let Some(threads) = self.threads {
+            cfg.threads = threads;
         }
         if !self.upstreams.is_empty() {
             cfg.upstream.hosts = self.upstreams.clone();
@@ -180,6 +189,9 @@ impl ServeArgs {
         if let Some(path) = &self.tls_key {
             cfg.websocket.tls.key = Some(path.clone());
         }
+        if let Some(addr) = self.kcp {
+            cfg.kcp.listen = Some(addr);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -191,7 +203,7 @@ pub struct EchoArgs {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
-    /// Threads, each with its own ring [default: the number of cores].
+    /// Threads, each with its own ring [default: from the cores and the fd limit, for a million connections].
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
 }
@@ -235,9 +247,12 @@ pub struct LoadgenArgs {
     /// Source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.50.
     #[arg(long, value_name = "A-B")]
     pub source_ips: Option<IpRange>,
-    /// Client threads [default: the number of cores].
+    /// Client rings [default: enough for --connections under the fd limit, at least one per core].
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
+    /// Threads that drive the client rings [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -254,9 +269,27 @@ pub struct LoadgenArgs {
     /// Game server named in the msgserver login token.
     #[arg(long, value_name = "NAME", default_value = "sample")]
     pub server: String,
-    /// How connections reach the gate: tcp, ws (binary WebSocket messages) or wss (the same over TLS; needs --tls-ca or --tls-insecure). ws and wss carry scp or plain.
+    /// What carries the streams: tcp; kcp (SCP over KCP over UDP, to a gate's --kcp address); ws (binary WebSocket messages, SCP or plain, to a --ws address); wss (the same over TLS, to a --wss address; needs --tls-ca or --tls-insecure).
     #[arg(long, value_enum, default_value_t = LoadTransport::Tcp)]
     pub transport: LoadTransport,
+    /// KCP: chance that the clients' link loses a datagram, each way (0 to 1).
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    pub loss: f64,
+    /// KCP: chance that the clients' link delivers a datagram twice (0 to 1).
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_probability)]
+    pub duplicate: f64,
+    /// KCP: the clients' link holds datagrams a random time, so they overtake each other.
+    #[arg(long)]
+    pub reorder: bool,
+    /// KCP: the clients' link delays every datagram this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub delay: u64,
+    /// KCP: FEC data and parity shards, as the gate's (e.g. 3,2) [default: none].
+    #[arg(long, value_name = "D,P", value_parser = parse_fec)]
+    pub kcp_fec: Option<(usize, usize)>,
+    /// Seed of the payloads and of the KCP link's choices.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
     /// Request path of the WebSocket upgrade.
     #[arg(long, value_name = "PATH", default_value = "/")]
     pub ws_path: String,
@@ -271,11 +304,21 @@ pub struct LoadgenArgs {
     pub tls_name: Option<String>,
 }
 
-/// How load-generator connections reach the gate.
+fn parse_fec(s: &str) -> Result<(usize, usize), String> {
+    let (d, p) = s
+        .split_once(',')
+        .ok_or_else(|| "expected DATA,PARITY (e.g. 3,2)".to_string())?;
+    let n = |x: &str| x.trim().parse::<usize>().map_err(|e| e.to_string());
+    Ok((n(d)?, n(p)?))
+}
+
+/// What carries load-generator streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LoadTransport {
     /// TCP.
     Tcp,
+    /// KCP over UDP (SCP only).
+    Kcp,
     /// WebSocket.
     Ws,
     /// WebSocket over TLS.
@@ -340,6 +383,7 @@ impl LoadgenArgs {
                 .map(|r| expand_range(r.first, r.last))
                 .unwrap_or_default(),
             shards: self.shards,
+            threads: self.threads,
             json: self.json.clone(),
             progress: true,
             login: self.login,
@@ -348,11 +392,25 @@ impl LoadgenArgs {
             server: self.server.clone(),
             transport: match self.transport {
                 LoadTransport::Tcp => Transport::Tcp,
+                LoadTransport::Kcp => Transport::Kcp,
                 LoadTransport::Ws => Transport::Ws,
                 LoadTransport::Wss => Transport::Wss,
             },
             ws_path: self.ws_path.clone(),
             tls: self.tls()?,
+            kcp: crate::proto::kcp::KcpSettings {
+                fec_data: self.kcp_fec.map_or(0, |f| f.0),
+                fec_parity: self.kcp_fec.map_or(0, |f| f.1),
+                ..crate::proto::kcp::KcpSettings::default()
+            },
+            impair: crate::client::kcp::Impair {
+                loss: self.loss,
+                duplicate: self.duplicate,
+                reorder: self.reorder,
+                delay: Duration::from_millis(self.delay),
+                seed: self.seed.unwrap_or(1),
+            },
+            seed: self.seed.unwrap_or(LoadgenConfig::default().seed),
             ..LoadgenConfig::default()
         })
     }
@@ -711,11 +769,11 @@ mod tests {
     fn flags_override_the_file() {
         let file = temp_file(
             "override.toml",
-            "listen = \"0.0.0.0:1\"\nshards = 0\nreuse_time = 5\nidle_timeout = \"1m\"\nannounce = \"proxy-v2\"\n\
+            "listen = \"0.0.0.0:1\"\nshards = 5000\nreuse_time = 5\nidle_timeout = \"1m\"\nannounce = \"proxy-v2\"\n\
              [upstream]\nnet = \"scp\"\n[[upstream.hosts]]\nname = \"old\"\naddr = \"h:1\"\n",
         );
         let file = file.to_str().unwrap();
-        // shards = 0 in the file is corrected by the flag before validation.
+        // shards = 5000 in the file is corrected by the flag before validation.
         let cfg = serve(&[
             "--config",
             file,

@@ -7,7 +7,6 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -76,9 +75,14 @@ pub struct ServeConfig {
     /// Address clients connect to. Default `127.0.0.1:1248`: goscon's port,
     /// but only on loopback until the operator says otherwise.
     pub listen: SocketAddr,
-    /// Threads, each with its own ring and its own sessions. Default: the
-    /// number of cores available to the process.
+    /// Threads, each with its own ring and its own sessions. Default 0: the
+    /// gate chooses, at least one per core and more when a ring's
+    /// descriptor table (capped at `RLIMIT_NOFILE`) cannot hold its share
+    /// of `max_sessions`.
     pub shards: usize,
+    /// Threads that drive the shards' rings, each turning every
+    /// `threads`-th one. Default 0: one per core (at most one per shard).
+    pub threads: usize,
     /// Longest time a client may take to send its handshake record. Default 30 s.
     #[serde(with = "duration")]
     pub handshake_timeout: Duration,
@@ -131,6 +135,129 @@ pub struct ServeConfig {
     pub admin: AdminConfig,
     /// A WebSocket listener, for browsers and skynet's WebSocket clients.
     pub websocket: WebSocketConfig,
+    /// A KCP listener (SCP over KCP over UDP), for kcp-go clients.
+    pub kcp: KcpConfig,
+}
+
+/// A KCP listener (`[kcp]`; goscon's `kcp:` and `kcp_option`). Off unless
+/// an address is given; it may be the TCP listener's own address (UDP and
+/// TCP ports are apart), as goscon's sample configuration has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KcpConfig {
+    /// UDP address. Default: none (off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Largest datagram, headers included (`opt_mtu`). Default 1400.
+    pub mtu: usize,
+    /// Fast retransmission (`opt_nodelay`). Default on.
+    pub nodelay: bool,
+    /// Milliseconds between KCP flushes (`opt_interval`, 10 to 5000). Default 10.
+    pub interval: u32,
+    /// Fast resend after this many later acks, 0 off (`opt_resend`). Default 2.
+    pub resend: u32,
+    /// No congestion window (`opt_nc`). Default on.
+    pub nc: bool,
+    /// Send window in segments (`opt_sndwnd`). Default 256. With the
+    /// receive window it bounds a conversation's buffers (segments of `mtu`).
+    pub sndwnd: u16,
+    /// Receive window in segments (`opt_rcvwnd`). Default 256.
+    pub rcvwnd: u16,
+    /// Stream mode: writes merge into full segments (`opt_stream`). Default on.
+    pub stream: bool,
+    /// Accepted for goscon's `opt_writedelay`; the gate always sends what a
+    /// batch of completions produced at the end of the batch.
+    pub writedelay: bool,
+    /// A conversation that receives nothing for this long ends, and its
+    /// session waits for a resume (`read_timeout`). Default 60 s.
+    #[serde(with = "duration")]
+    pub read_timeout: Duration,
+    /// Kernel receive buffer of each shard's socket, 0 the system's (`read_buffer`).
+    pub read_buffer: usize,
+    /// Kernel send buffer of each shard's socket, 0 the system's (`write_buffer`).
+    pub write_buffer: usize,
+    /// FEC data shards (`fec_data_shards`); FEC is on when both are above 0.
+    pub fec_data_shards: usize,
+    /// FEC parity shards (`fec_parity_shards`).
+    pub fec_parity_shards: usize,
+    /// Conversations across all shards; datagrams that would open more are
+    /// dropped. Default 100 000.
+    pub max_conversations: usize,
+}
+
+impl Default for KcpConfig {
+    fn default() -> Self {
+        let s = crate::proto::kcp::KcpSettings::default();
+        let l = crate::engine::kcp::KcpListen::new(GOSCON_DEFAULT_LISTEN);
+        KcpConfig {
+            listen: None,
+            mtu: s.mtu,
+            nodelay: s.nodelay,
+            interval: s.interval,
+            resend: s.resend,
+            nc: s.nc,
+            sndwnd: s.sndwnd,
+            rcvwnd: s.rcvwnd,
+            stream: s.stream,
+            writedelay: false,
+            read_timeout: l.read_timeout,
+            read_buffer: 0,
+            write_buffer: 0,
+            fec_data_shards: s.fec_data,
+            fec_parity_shards: s.fec_parity,
+            max_conversations: l.max_conversations,
+        }
+    }
+}
+
+impl KcpConfig {
+    /// The conversations' settings.
+    pub fn settings(&self) -> crate::proto::kcp::KcpSettings {
+        crate::proto::kcp::KcpSettings {
+            mtu: self.mtu,
+            nodelay: self.nodelay,
+            interval: self.interval,
+            resend: self.resend,
+            nc: self.nc,
+            sndwnd: self.sndwnd,
+            rcvwnd: self.rcvwnd,
+            stream: self.stream,
+            fec_data: self.fec_data_shards,
+            fec_parity: self.fec_parity_shards,
+        }
+    }
+
+    /// The engine's door, when one is configured.
+    pub fn listen(&self) -> Option<crate::engine::kcp::KcpListen> {
+        let addr = self.listen?;
+        Some(crate::engine::kcp::KcpListen {
+            addr,
+            settings: self.settings(),
+            read_timeout: self.read_timeout,
+            max_conversations: self.max_conversations,
+            recv_buffer: (self.read_buffer > 0).then_some(self.read_buffer),
+            send_buffer: (self.write_buffer > 0).then_some(self.write_buffer),
+        })
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.settings()
+            .validate()
+            .map_err(|e| invalid(format!("kcp: {e}")))?;
+        if !(10..=5000).contains(&self.interval) {
+            return Err(invalid("kcp.interval must be between 10 and 5000 (ms)"));
+        }
+        if self.read_timeout.is_zero() {
+            return Err(invalid(
+                "kcp.read_timeout must be more than 0: UDP has no close, so a silent conversation must end",
+            ));
+        }
+        if self.max_conversations == 0 {
+            return Err(invalid("kcp.max_conversations must be at least 1"));
+        }
+        Ok(())
+    }
 }
 
 /// A WebSocket listener (`[websocket]`). Off unless an address is given.
@@ -223,7 +350,8 @@ impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1248)),
-            shards: std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            shards: 0,
+            threads: 0,
             handshake_timeout: Duration::from_secs(30),
             reuse_time: Duration::from_secs(30),
             reuse_buffer: 65536,
@@ -241,6 +369,7 @@ impl Default for ServeConfig {
             admin: AdminConfig::default(),
             stable: None,
             websocket: WebSocketConfig::default(),
+            kcp: KcpConfig::default(),
         }
     }
 }
@@ -608,10 +737,16 @@ impl ServeConfig {
 
     /// Checks ranges and consistency; the message names the offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(1..=MAX_SHARDS).contains(&self.shards) {
+        if self.shards > MAX_SHARDS {
             return Err(invalid(format!(
-                "shards = {}: must be between 1 and {MAX_SHARDS}",
+                "shards = {}: must be between 0 (automatic) and {MAX_SHARDS}",
                 self.shards
+            )));
+        }
+        if self.threads > MAX_SHARDS {
+            return Err(invalid(format!(
+                "threads = {}: must be between 0 (one per core) and {MAX_SHARDS}",
+                self.threads
             )));
         }
         if self.stable == Some(self.listen) {
@@ -691,6 +826,7 @@ impl ServeConfig {
         if self.max_pending_handshakes == 0 {
             return Err(invalid("max_pending_handshakes must be at least 1"));
         }
+        self.kcp.validate()?;
         self.upstream.validate()
     }
 }
@@ -879,6 +1015,46 @@ mod goscon {
                     };
                 }
                 "kcp" => kcp = string(value, "kcp")?,
+                "kcp_option" => {
+                    for (k, v) in section(value, &key)? {
+                        let k = key_name(k);
+                        let path = format!("{key}.{k}");
+                        let int = |v| -> Result<i64, ConfigError> { integer(v, &path) };
+                        let size = |v| -> Result<usize, ConfigError> {
+                            usize::try_from(integer(v, &path)?.max(0))
+                                .map_err(|_| invalid(format!("{path}: too large")))
+                        };
+                        let window = |v| -> Result<u16, ConfigError> {
+                            u16::try_from(integer(v, &path)?.clamp(1, 65535))
+                                .map_err(|_| invalid(format!("{path}: too large")))
+                        };
+                        let o = &mut cfg.kcp;
+                        match k.as_str() {
+                            "read_timeout" => {
+                                // goscon's 0 is no deadline; a conversation
+                                // must end some time, so the default stays.
+                                let d = seconds(v, &path)?;
+                                if !d.is_zero() {
+                                    o.read_timeout = d;
+                                }
+                            }
+                            "read_buffer" => o.read_buffer = size(v)?,
+                            "write_buffer" => o.write_buffer = size(v)?,
+                            "fec_data_shards" => o.fec_data_shards = size(v)?,
+                            "fec_parity_shards" => o.fec_parity_shards = size(v)?,
+                            "opt_mtu" => o.mtu = size(v)?,
+                            "opt_nodelay" => o.nodelay = int(v)? != 0,
+                            "opt_interval" => o.interval = int(v)?.clamp(10, 5000) as u32,
+                            "opt_resend" => o.resend = int(v)?.max(0) as u32,
+                            "opt_nc" => o.nc = int(v)? != 0,
+                            "opt_sndwnd" => o.sndwnd = window(v)?,
+                            "opt_rcvwnd" => o.rcvwnd = window(v)?,
+                            "opt_stream" => o.stream = boolean(v, &path)?,
+                            "opt_writedelay" => o.writedelay = boolean(v, &path)?,
+                            _ => ignored.push(path),
+                        }
+                    }
+                }
                 "scp" | "scp_option" => {
                     for (k, v) in section(value, &key)? {
                         let k = key_name(k);
@@ -953,12 +1129,12 @@ mod goscon {
                 invalid("goscon config: `tcp` is empty, so there is nothing to listen on")
             } else {
                 ConfigError::Unsupported(format!(
-                    "KCP (`kcp: {kcp}`): ringgate serves TCP only; set `tcp` to a listen address"
+                    "KCP only (`kcp: {kcp}` with `tcp` empty): ringgate serves KCP beside a TCP listener; set `tcp` to a listen address"
                 ))
             });
         }
         if !kcp.is_empty() {
-            ignored.push("kcp".into());
+            cfg.kcp.listen = Some(listen_addr(&kcp)?);
         }
         cfg.listen = listen_addr(&tcp)?;
         Ok((cfg, ignored))
@@ -1235,6 +1411,7 @@ impl ServeConfig {
         let cfg = crate::engine::Config {
             listen: self.listen,
             shards: self.shards,
+            shard_threads: self.threads,
             scp: !self.plain,
             handshake_timeout: self.handshake_timeout,
             reuse_time: self.reuse_time,
@@ -1267,6 +1444,7 @@ impl ServeConfig {
             tls: self
                 .tls_server_config()?
                 .map(crate::engine::ws::TlsKeys::new),
+            kcp: self.kcp.listen(),
             backend,
             ..crate::engine::Config::default()
         };
@@ -1346,6 +1524,31 @@ impl ServeConfig {
             }),
             ("hosts", Value::Sequence(hosts)),
         ]);
+        let mut root = root;
+        if let (Some(addr), Value::Mapping(m)) = (self.kcp.listen, &mut root) {
+            let k = &self.kcp;
+            let n = |v: u64| Value::Number(v.into());
+            m.insert(Value::String("kcp".into()), Value::String(addr.to_string()));
+            m.insert(
+                Value::String("kcp_option".into()),
+                map(vec![
+                    ("read_timeout", secs(k.read_timeout)),
+                    ("fec_data_shards", n(k.fec_data_shards as u64)),
+                    ("fec_parity_shards", n(k.fec_parity_shards as u64)),
+                    ("read_buffer", n(k.read_buffer as u64)),
+                    ("write_buffer", n(k.write_buffer as u64)),
+                    ("opt_mtu", n(k.mtu as u64)),
+                    ("opt_nodelay", n(k.nodelay as u64)),
+                    ("opt_interval", n(k.interval as u64)),
+                    ("opt_resend", n(k.resend as u64)),
+                    ("opt_nc", n(k.nc as u64)),
+                    ("opt_sndwnd", n(k.sndwnd as u64)),
+                    ("opt_rcvwnd", n(k.rcvwnd as u64)),
+                    ("opt_stream", Value::Bool(k.stream)),
+                    ("opt_writedelay", Value::Bool(k.writedelay)),
+                ]),
+            );
+        }
         serde_norway::to_string(&root).unwrap_or_default()
     }
 }
@@ -1377,7 +1580,7 @@ mod tests {
     fn defaults() {
         let c = ServeConfig::default();
         assert_eq!(c.listen, "127.0.0.1:1248".parse().unwrap());
-        assert!(c.shards >= 1);
+        assert_eq!(c.shards, 0, "the gate chooses");
         assert_eq!(c.handshake_timeout, secs(30));
         assert_eq!(c.reuse_time, secs(30));
         assert_eq!(c.reuse_buffer, 65536);
@@ -1455,7 +1658,6 @@ mod tests {
     fn validation_errors_name_the_key() {
         let ok = ServeConfig::default;
         let cases: Vec<(ServeConfig, &str)> = vec![
-            (ServeConfig { shards: 0, ..ok() }, "shards"),
             (
                 ServeConfig {
                     shards: MAX_SHARDS + 1,
@@ -1704,11 +1906,18 @@ mod tests {
                 }),
                 ..UpstreamConfig::default()
             },
+            kcp: KcpConfig {
+                listen: Some("0.0.0.0:7000".parse().unwrap()),
+                read_timeout: secs(30),
+                mtu: 1200,
+                nodelay: true,
+                ..KcpConfig::default()
+            },
             ..ServeConfig::default()
         };
         assert_eq!(cfg, expected);
         ignored.sort();
-        assert_eq!(ignored, ["hosts[2].weigh", "kcp", "kcp_option"]);
+        assert_eq!(ignored, ["hosts[2].weigh", "kcp_option.reuseport"]);
         assert_eq!(ServeConfig::from_goscon_yaml_str(text).unwrap(), expected);
     }
 
@@ -1802,7 +2011,7 @@ mod tests {
     }
 
     #[test]
-    fn goscon_kcp_is_refused_clearly() {
+    fn goscon_kcp_listens_beside_tcp() {
         let only_kcp = ServeConfig::from_goscon_yaml_str("tcp: \"\"\nkcp: 0.0.0.0:1248\n");
         assert!(
             matches!(&only_kcp, Err(ConfigError::Unsupported(m)) if m.contains("KCP")),
@@ -1810,9 +2019,42 @@ mod tests {
         );
         let kcp_upstream = ServeConfig::from_goscon_yaml_str("upstream_option:\n  net: kcp\n");
         assert!(matches!(kcp_upstream, Err(ConfigError::Unsupported(_))));
-        // With a TCP listener as well, the KCP one is only left out.
-        let both = ServeConfig::from_goscon_yaml_str("tcp: 0.0.0.0:1\nkcp: 0.0.0.0:1\n").unwrap();
+        // goscon's sample: both on one port; every kcp_option key is read.
+        let both = ServeConfig::from_goscon_yaml_str(
+            "tcp: 0.0.0.0:1\nkcp: 0.0.0.0:1\nkcp_option:\n  read_timeout: 60\n  fec_data_shards: 3\n  \
+             fec_parity_shards: 2\n  read_buffer: 4194304\n  write_buffer: 4194304\n  opt_mtu: 1300\n  \
+             opt_nodelay: 0\n  opt_interval: 20\n  opt_resend: 0\n  opt_nc: 0\n  opt_sndwnd: 2048\n  \
+             opt_rcvwnd: 1024\n  opt_stream: false\n  opt_writedelay: true\n",
+        )
+        .unwrap();
         assert_eq!(both.listen, "0.0.0.0:1".parse().unwrap());
+        assert_eq!(
+            both.kcp,
+            KcpConfig {
+                listen: Some("0.0.0.0:1".parse().unwrap()),
+                mtu: 1300,
+                nodelay: false,
+                interval: 20,
+                resend: 0,
+                nc: false,
+                sndwnd: 2048,
+                rcvwnd: 1024,
+                stream: false,
+                writedelay: true,
+                read_timeout: secs(60),
+                read_buffer: 4194304,
+                write_buffer: 4194304,
+                fec_data_shards: 3,
+                fec_parity_shards: 2,
+                max_conversations: KcpConfig::default().max_conversations,
+            }
+        );
+        both.validate().unwrap();
+        // And back out in goscon's shape.
+        let again = ServeConfig::from_goscon_yaml_str(&both.to_goscon_yaml()).unwrap();
+        assert_eq!(again.kcp, both.kcp);
+        let bad = ServeConfig::from_goscon_yaml_str("kcp: 0.0.0.0:1\nkcp_option:\n  opt_mtu: 10\n");
+        assert!(bad.unwrap_err().to_string().contains("mtu"));
     }
 
     #[test]
@@ -1849,7 +2091,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ringgate-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let bad = dir.join("bad.toml");
-        std::fs::write(&bad, "shards = 0\n").unwrap();
+        std::fs::write(&bad, "shards = 5000\n").unwrap();
         let err = ServeConfig::from_toml_file(&bad).unwrap_err().to_string();
         assert!(err.contains("bad.toml") && err.contains("shards"), "{err}");
         let yaml = dir.join("goscon.yaml");

@@ -62,7 +62,8 @@ fn main() -> ExitCode {
         Command::Echo(args) => {
             let cfg = engine::Config {
                 listen: args.listen,
-                shards: args.shards.unwrap_or(engine::Config::default().shards),
+                // 0: enough rings for a million connections (see Config::plan_shards).
+                shards: args.shards.unwrap_or(0),
                 scp: false,
                 backend: Backend::Echo,
                 ..engine::Config::default()
@@ -185,6 +186,15 @@ fn run(what: &str, cfg: engine::Config, ops: Option<Ops>) -> ExitCode {
     );
     for (addr, door) in gate.door_addrs().iter().zip(&doors) {
         println!("ringgate {what}: {door} clients on {addr}");
+    }
+    if let Some(addr) = gate.kcp_addr() {
+        // Not println!: whoever reads the start-up line may have closed
+        // the pipe by now.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout(),
+            "ringgate {what}: scp-over-kcp clients on udp {addr}"
+        );
     }
     let stopper = gate.stopper();
     match signals {

@@ -2,31 +2,16 @@
 
 mod common;
 
-use common::{assert_serving, payload, wait_until};
-use std::io::{BufRead, BufReader, Read, Write};
+use common::{assert_serving, first_line, listen_addr, payload, ringgate, wait_until};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 fn spawn(args: &[&str]) -> (Child, SocketAddr, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringgate"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("binary runs");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split_whitespace()
-        .skip_while(|w| *w != "on")
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("startup line names the address: {line:?}"));
-    (child, addr, line)
+    let mut child = ringgate().args(args).spawn().expect("binary runs");
+    let line = first_line(&mut child);
+    (child, listen_addr(&line), line)
 }
 
 fn stop(mut child: Child) {

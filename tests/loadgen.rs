@@ -468,3 +468,34 @@ fn plain_packets_over_ws_and_wss_needs_a_certificate_setting() {
         .is_err()
     );
 }
+
+#[test]
+fn kcp_over_a_bad_link_verifies_every_byte_across_resumes() {
+    // SCP over KCP with 10% loss, duplication and reordering on the
+    // clients' link, each session resuming (a new conversation) every 20
+    // echoes, on two gate shards: hand-overs included.
+    let gate = start(Config {
+        kcp: Some(ringgate::engine::kcp::KcpListen::new(
+            "127.0.0.1:0".parse().unwrap(),
+        )),
+        ..config(Backend::Echo)
+    });
+    let r = loadgen::run(LoadgenConfig {
+        connections: 20,
+        transport: loadgen::Transport::Kcp,
+        resume_every: Some(20),
+        impair: ringgate::client::Impair {
+            loss: 0.1,
+            duplicate: 0.05,
+            reorder: true,
+            delay: Duration::from_millis(1),
+            seed: 7,
+        },
+        ..load(gate.kcp_addr().unwrap())
+    })
+    .unwrap();
+    assert_clean(&r);
+    assert!(r.errors.is_empty(), "{r}");
+    assert!(r.resumes_ok > 0, "{r}");
+    assert!(r.resumes_failed.is_empty(), "{r}");
+}

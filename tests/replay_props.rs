@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use ringgate::proto::message::Status;
-use ringgate::proto::replay::{PAGE, ReplayWindow};
+use ringgate::proto::replay::{PAGE, ReplayWindow, SMALL};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -59,7 +59,10 @@ fn run(capacity: usize, start: u64, ops: &[Op]) -> Result<ReplayWindow, TestCase
                     d.copy_from_slice(s)
                 });
                 prop_assert_eq!(took, expect);
-                prop_assert!(calls <= took.div_ceil(PAGE) + 1);
+                // A call per segment: pages, and the first page's doubling
+                // segments (at most one more than it has doublings).
+                let head = (PAGE / SMALL).trailing_zeros() as usize + 1;
+                prop_assert!(calls <= took.div_ceil(PAGE) + head + 1);
                 // Unsent bytes are never overwritten.
                 let unsent_after = collect(&w, w.flushed());
                 prop_assert_eq!(&unsent_after[..unsent_before.len()], &unsent_before[..]);
@@ -78,15 +81,39 @@ fn run(capacity: usize, start: u64, ops: &[Op]) -> Result<ReplayWindow, TestCase
         // The held bytes are the last `held` bytes of the stream.
         let expect: Vec<u8> = (written - held..written).map(byte_at).collect();
         prop_assert_eq!(collect(&w, written - held), expect);
-        // Memory: only the pages the stream has touched, never more than the ring.
-        let touched = if written == start {
-            0
-        } else {
-            ((written - 1) / PAGE as u64 - start / PAGE as u64 + 1) as usize
-        };
-        prop_assert_eq!(w.memory_bytes(), touched.min(cap / PAGE) * PAGE);
+        // Memory: only the segments the stream has touched, never more than the ring.
+        prop_assert_eq!(w.memory_bytes(), touched(start, written, cap));
     }
     Ok(w)
+}
+
+/// The ring segment holding ring offset `r`: its first offset and length
+/// (doubling from `SMALL` across the first page, then pages).
+fn segment(r: usize) -> (usize, usize) {
+    if r >= PAGE {
+        (r / PAGE * PAGE, PAGE)
+    } else if r < SMALL {
+        (0, SMALL)
+    } else {
+        let first = 1 << (usize::BITS - 1 - r.leading_zeros());
+        (first, first)
+    }
+}
+
+/// Bytes of the segments that stream positions `[start, written)` touched.
+fn touched(start: u64, written: u64, cap: usize) -> usize {
+    if written - start >= cap as u64 {
+        return cap;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut pos = start;
+    while pos < written {
+        let r = (pos % cap as u64) as usize;
+        let (first, len) = segment(r);
+        seen.insert((first, len));
+        pos += (first + len - r) as u64;
+    }
+    seen.iter().map(|&(_, len)| len).sum()
 }
 
 proptest! {

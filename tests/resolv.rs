@@ -7,29 +7,21 @@
 
 mod common;
 
-use common::{config, payload, start, wait_until};
+use common::{
+    Killed, admin_addr, config, first_line, http, listen_addr, payload, ringgate, start, wait_until,
+};
 use ringgate::client::{ClientOptions, ScpClient};
 use ringgate::engine::Gate;
 use ringgate::gate::Backend;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Generous: the first session for a name misses, and TTLs must pass.
 const LIMIT: Duration = Duration::from_secs(30);
 /// The TTL dnsmasq gives the names of its hosts file.
 const TTL_SECS: u32 = 1;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("ringgate-resolv-{}", std::process::id()));
@@ -127,56 +119,18 @@ struct Served {
 }
 
 fn serve(file: &Path) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringgate"))
+    let mut child = ringgate()
         .args(["serve", "--config"])
         .arg(file)
         .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .expect("binary runs");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let child = Killed(child);
-    let word_after = |w: &str| -> Option<String> {
-        line.split_whitespace()
-            .skip_while(|x| *x != w)
-            .nth(1)
-            .map(str::to_owned)
-    };
-    let addr = word_after("on").and_then(|a| a.parse().ok());
-    let admin = word_after("at").and_then(|a| {
-        a.trim_start_matches("http://")
-            .trim_end_matches('/')
-            .parse()
-            .ok()
-    });
-    let (Some(addr), Some(admin)) = (addr, admin) else {
-        panic!("startup line names both addresses: {line:?}");
-    };
-    Served { child, addr, admin }
-}
-
-fn http(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(LIMIT)).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("an HTTP answer: {out:?}"));
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    (status, body)
+    let line = first_line(&mut child);
+    Served {
+        child: Killed(child),
+        addr: listen_addr(&line),
+        admin: admin_addr(&line),
+    }
 }
 
 fn sample(admin: SocketAddr, name: &str) -> u64 {

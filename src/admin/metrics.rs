@@ -180,6 +180,12 @@ impl Collector for GateCollector {
         )?;
         counter(
             e,
+            "ringgate_kcp_datagrams_dropped",
+            "KCP datagrams dropped: from an address without a conversation that open none, refused by their conversation, or over kcp.max_conversations.",
+            sum(|s| s.kcp_dropped),
+        )?;
+        counter(
+            e,
             "ringgate_accept_pauses",
             "Times a shard stopped accepting because its descriptor table was nearly full.",
             sum(|s| s.accept_pauses),
@@ -231,6 +237,13 @@ impl Collector for GateCollector {
             "Resume hand-overs from other shards whose connection has not arrived yet, by shard.",
             "shard",
             per_shard(&shards, |s| s.handoffs_parked),
+        )?;
+        gauges(
+            e,
+            "ringgate_kcp_conversations",
+            "KCP conversations held, by shard.",
+            "shard",
+            per_shard(&shards, |s| s.kcp_conversations),
         )?;
         gauges(
             e,

@@ -1,8 +1,10 @@
-//! A blocking SCP client over `std::net::TcpStream`.
+//! A blocking SCP client over `std::net::TcpStream`, or over KCP
+//! ([`super::kcp::KcpStream`], as kcp-go clients connect to goscon).
 //!
 //! It keeps its session across connections: [`ScpClient::resume`] opens a
 //! new connection, proves it holds the session, and resends what the server
-//! missed from its own replay window, exactly as deployed clients do.
+//! missed from its own replay window, exactly as deployed clients do. A
+//! resume may take another transport ([`ScpClient::resume_via`]).
 
 use crate::proto::client::{ClientEvent, ClientHandshake};
 use crate::proto::message::Status;
@@ -52,20 +54,57 @@ pub enum ResumeError {
     Io(#[from] io::Error),
 }
 
+/// Where and how a client connects.
+#[derive(Debug, Clone)]
+pub enum Via {
+    /// TCP to this address.
+    Tcp(SocketAddr),
+    /// KCP to this (UDP) address.
+    Kcp(SocketAddr, super::kcp::KcpDial),
+}
+
+/// A connection of either transport.
+enum Stream {
+    Tcp(TcpStream),
+    Kcp(Box<super::kcp::KcpStream>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Kcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Kcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Kcp(s) => s.flush(),
+        }
+    }
+}
+
 /// A connected SCP session.
 pub struct ScpClient {
-    addr: SocketAddr,
-    stream: TcpStream,
+    via: Via,
+    stream: Stream,
     session: Session,
     opts: ClientOptions,
     /// Bytes read past the handshake record, still encrypted.
     pending: Vec<u8>,
 }
 
-fn handshake(
-    stream: &mut TcpStream,
-    mut hs: ClientHandshake,
-) -> io::Result<(ClientEvent, Vec<u8>)> {
+fn handshake(stream: &mut Stream, mut hs: ClientHandshake) -> io::Result<(ClientEvent, Vec<u8>)> {
     stream.write_all(&hs.take_output())?;
     let mut buf = [0u8; 1024];
     loop {
@@ -84,7 +123,17 @@ fn handshake(
     }
 }
 
-fn open(addr: SocketAddr, opts: &ClientOptions) -> io::Result<TcpStream> {
+fn open(via: &Via, opts: &ClientOptions) -> io::Result<Stream> {
+    let addr = match via {
+        Via::Tcp(addr) => *addr,
+        Via::Kcp(addr, dial) => {
+            return Ok(Stream::Kcp(Box::new(super::kcp::KcpStream::connect(
+                *addr,
+                dial,
+                opts.timeout,
+            )?)));
+        }
+    };
     let stream = match opts.timeout {
         Some(t) => TcpStream::connect_timeout(&addr, t)?,
         None => TcpStream::connect(addr)?,
@@ -92,18 +141,23 @@ fn open(addr: SocketAddr, opts: &ClientOptions) -> io::Result<TcpStream> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(opts.timeout)?;
     stream.set_write_timeout(opts.timeout)?;
-    Ok(stream)
+    Ok(Stream::Tcp(stream))
 }
 
 impl ScpClient {
-    /// Opens a new session.
+    /// Opens a new session over TCP.
     pub fn connect(addr: SocketAddr, opts: ClientOptions) -> io::Result<ScpClient> {
-        let mut stream = open(addr, &opts)?;
+        Self::connect_via(Via::Tcp(addr), opts)
+    }
+
+    /// Opens a new session over the given transport.
+    pub fn connect_via(via: Via, opts: ClientOptions) -> io::Result<ScpClient> {
+        let mut stream = open(&via, &opts)?;
         let random = rand::random::<u64>();
         let hs = ClientHandshake::new_session(random, opts.target.as_deref(), opts.flag);
         match handshake(&mut stream, hs)? {
             (ClientEvent::Established { id, secret }, pending) => Ok(ScpClient {
-                addr,
+                via,
                 stream,
                 session: Session::new(id, secret, opts.window),
                 opts,
@@ -127,8 +181,22 @@ impl ScpClient {
     }
 
     /// The current connection's socket.
+    ///
+    /// # Panics
+    /// On a KCP connection, which has no TCP socket.
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        match &self.stream {
+            Stream::Tcp(s) => s,
+            Stream::Kcp(_) => panic!("a KCP connection has no TCP socket"),
+        }
+    }
+
+    /// The current connection's KCP stream, when it is one.
+    pub fn kcp_stream(&self) -> Option<&super::kcp::KcpStream> {
+        match &self.stream {
+            Stream::Kcp(s) => Some(s),
+            Stream::Tcp(_) => None,
+        }
     }
 
     fn flush_window(&mut self) -> io::Result<()> {
@@ -184,16 +252,26 @@ impl ScpClient {
 
     /// Drops the connection with a TCP reset (no FIN), as a network loss
     /// looks to the gate; the session survives for [`resume`](Self::resume).
+    /// A KCP connection has nothing to reset: it just stops being used
+    /// (the gate's conversation times out, or the resume takes it over).
     pub fn abort(&mut self) {
-        let sock = socket2::SockRef::from(&self.stream);
-        let _ = sock.set_linger(Some(Duration::ZERO));
-        let _ = self.stream.shutdown(Shutdown::Both);
+        if let Stream::Tcp(stream) = &self.stream {
+            let sock = socket2::SockRef::from(stream);
+            let _ = sock.set_linger(Some(Duration::ZERO));
+            let _ = stream.shutdown(Shutdown::Both);
+        }
     }
 
-    /// Reconnects and resumes the session on a new connection. The old
-    /// connection, if still open, is left alone (the server takes it over).
+    /// Reconnects and resumes the session on a new connection of the
+    /// transport it last used. The old connection, if still open, is left
+    /// alone (the server takes it over).
     pub fn resume(&mut self) -> Result<(), ResumeError> {
-        let mut stream = open(self.addr, &self.opts)?;
+        self.resume_via(self.via.clone())
+    }
+
+    /// Resumes the session over `via` (TCP after KCP, or the other way).
+    pub fn resume_via(&mut self, via: Via) -> Result<(), ResumeError> {
+        let mut stream = open(&via, &self.opts)?;
         let req = self.session.resume_request();
         let hs = ClientHandshake::resume(req.id, req.index, req.received, self.session.secret());
         match handshake(&mut stream, hs)? {
@@ -203,6 +281,7 @@ impl ScpClient {
                     .map_err(|_| ResumeError::NotAcceptable)?;
                 let old = std::mem::replace(&mut self.stream, stream);
                 drop(old);
+                self.via = via;
                 self.pending = pending;
                 self.flush_window()?;
                 Ok(())
@@ -215,7 +294,7 @@ impl ScpClient {
     /// Sends a resume whose index is not above the last one (a replay) and
     /// returns the server's code. For tests of the 403 rule.
     pub fn resume_with_index(&mut self, index: u64) -> Result<u16, ResumeError> {
-        let mut stream = open(self.addr, &self.opts)?;
+        let mut stream = open(&self.via, &self.opts)?;
         let received = self.session.received() as u32;
         let hs = ClientHandshake::resume(self.session.id(), index, received, self.session.secret());
         match handshake(&mut stream, hs)? {

@@ -4,9 +4,11 @@
 //! [`crate::proto`] code as the gate.
 
 pub mod blocking;
+pub mod kcp;
 pub mod loadgen;
 pub mod skynet;
 pub mod stable;
 
-pub use blocking::{ClientOptions, ResumeError, ScpClient};
+pub use blocking::{ClientOptions, ResumeError, ScpClient, Via};
+pub use kcp::{Impair, KcpDial, KcpLink, KcpStream};
 pub use stable::StableClient;

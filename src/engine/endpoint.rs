@@ -82,6 +82,16 @@ impl Endpoint {
         }
     }
 
+    /// A stream with no descriptor of its own (a KCP conversation, whose
+    /// datagrams go through its shard's UDP socket): it arms nothing, and
+    /// closing it submits nothing.
+    pub fn detached() -> Endpoint {
+        Endpoint {
+            closed: true,
+            ..Endpoint::new(u32::MAX)
+        }
+    }
+
     /// The direct descriptor.
     pub fn slot(&self) -> u32 {
         self.slot

@@ -31,6 +31,7 @@ pub mod backend;
 pub mod control;
 pub mod door;
 pub mod endpoint;
+pub mod kcp;
 pub mod outbound;
 pub mod ring;
 pub mod session;
@@ -55,7 +56,7 @@ use crossbeam_queue::{ArrayQueue, SegQueue};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, IntoRawFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -67,7 +68,7 @@ use workers::Command;
 pub struct Config {
     /// Address every shard listens on.
     pub listen: SocketAddr,
-    /// Number of shards (threads, rings).
+    /// Number of shards (threads, rings); 0 chooses it (see [`Config::plan_shards`]).
     pub shards: usize,
     /// Speak SCP to clients on `listen` (`false`: a plain TCP relay).
     pub scp: bool,
@@ -103,8 +104,11 @@ pub struct Config {
     /// ring driver's backlog; an overflowing completion queue is drained by
     /// the kernel on the next enter.
     pub ring_entries: u32,
-    /// Pin each shard to a core.
+    /// Pin each shard thread to a core.
     pub pin_threads: bool,
+    /// Threads that drive the shards, each turning every `shard_threads`-th
+    /// ring; 0: one per core (at most one per shard).
+    pub shard_threads: usize,
     /// What sessions are connected to.
     pub backend: Backend,
     /// The settings of WebSocket doors ([`Door::Ws`], [`Door::Wss`]).
@@ -118,12 +122,104 @@ pub struct Config {
     /// The skynet doors' decisions, queues and settings; required when a
     /// listener is a skynet door.
     pub skynet: Option<std::sync::Arc<skynet::SkynetHub>>,
+    /// A KCP door (SCP over KCP over UDP), if any.
+    pub kcp: Option<kcp::KcpListen>,
 }
 
 /// Receive-buffer memory all shards share when `recv_buffers` is 0.
 const AUTO_RECV_BUFFER_BYTES: usize = 32 << 20;
 
+/// How many shards a gate runs, and whether their descriptor tables hold
+/// `max_sessions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardPlan {
+    /// Shards (threads, each with one ring).
+    pub shards: usize,
+    /// Chosen by the gate (`Config::shards` was 0).
+    pub auto: bool,
+    /// Direct descriptors one ring may have here (`RLIMIT_NOFILE`, or
+    /// `direct_table` when set lower).
+    pub per_ring: usize,
+    /// Descriptors each live session holds (its client socket, and its
+    /// upstream socket in proxy mode).
+    pub per_session: usize,
+    /// Sessions the shards' tables hold together, leaving half of each
+    /// table for connections in their handshake and resumes in passage (in
+    /// a reconnect storm every session's new connection may arrive before
+    /// the reset of its old one has been seen).
+    pub holds: usize,
+}
+
+impl ShardPlan {
+    /// Whether the tables hold `max_sessions`.
+    pub fn enough(&self, max_sessions: usize) -> bool {
+        self.holds >= max_sessions
+    }
+}
+
 impl Config {
+    /// The shard count: `shards` when set, otherwise at least one per core
+    /// and as many more as it takes for the rings' descriptor tables
+    /// (each capped at `RLIMIT_NOFILE`) to hold `max_sessions` in half
+    /// their slots. More threads than cores, rather than several rings
+    /// per thread, keeps one ring per thread and every session on one ring:
+    /// a shard with nothing to do sleeps in its ring wait and costs only
+    /// its memory, and the kernel spreads the busy ones over the cores.
+    pub fn plan_shards(&self) -> ShardPlan {
+        let limit = sys::direct_table_size(usize::MAX >> 1) as usize;
+        let per_ring = match self.direct_table {
+            0 => limit,
+            n => n.min(limit),
+        };
+        let per_session = match self.backend {
+            Backend::Proxy(_) => 2,
+            _ => 1,
+        };
+        let usable = (per_ring / 2 / per_session).max(1);
+        let (shards, auto) = match self.shards {
+            0 => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let needed = self.max_sessions.div_ceil(usable);
+                (needed.max(cores).clamp(1, 1 << 16), true)
+            }
+            n => (n, false),
+        };
+        ShardPlan {
+            shards,
+            auto,
+            per_ring,
+            per_session,
+            holds: usable.saturating_mul(shards),
+        }
+    }
+
+    /// Threads that drive `shards` rings: `shard_threads`, or one per core;
+    /// never more than the rings. A thread per ring beyond the cores would
+    /// pay a wake-up and a context switch for nearly every completion (about
+    /// 2.5 times the gate's CPU per new session with 100 rings on 2 cores).
+    pub fn threads_for(&self, shards: usize) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match self.shard_threads {
+            0 => cores,
+            n => n,
+        }
+        .clamp(1, shards.max(1))
+    }
+
+    /// Submission-queue entries per ring: `ring_entries`, shrunk when the
+    /// gate chose more shards than cores (each carries a share of the load,
+    /// and the rings' queues are memory the kernel keeps per ring).
+    fn ring_entries_for(&self, plan: &ShardPlan) -> u32 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let entries = self.ring_entries.clamp(8, 32768).next_power_of_two();
+        if plan.auto && plan.shards > cores {
+            let scaled = (entries as usize * cores / plan.shards).max(512) as u32;
+            scaled.next_power_of_two().min(entries)
+        } else {
+            entries
+        }
+    }
+
     /// Receive buffers each shard registers. With `recv_buffers` 0 the
     /// shards share about 32 MiB (at least 64 and at most 1024 buffers each):
     /// a buffer is held only while its completion is handled, so many shards
@@ -162,11 +258,13 @@ impl Default for Config {
             direct_table: 0,
             ring_entries: 4096,
             pin_threads: true,
+            shard_threads: 0,
             backend: Backend::Echo,
             ws: crate::proto::ws::WsSettings::default(),
             tls: None,
             listen_door: None,
             skynet: None,
+            kcp: None,
         }
     }
 }
@@ -239,6 +337,8 @@ pub(crate) struct ShardLink {
     ring_fd: AtomicI32,
     eventfd: i32,
     inbox: SegQueue<Handoff>,
+    /// KCP conversations moving here, and datagrams for them.
+    kcp_inbox: SegQueue<shard::KcpMsg>,
     stats: ShardStats,
     /// Requests from the operator (kick, list sessions), answered by the
     /// shard on its own thread.
@@ -258,6 +358,8 @@ pub(crate) struct ShardLink {
 
 pub(crate) struct Shared {
     stop: AtomicBool,
+    /// Live sessions of all shards (what `max_sessions` limits).
+    live: AtomicUsize,
     /// New sessions are refused; resumes are still served.
     draining: AtomicBool,
     /// Limits and timeouts that may change while the gate runs.
@@ -377,7 +479,11 @@ impl ShardLink {
         self.sleeping.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let nudged = self.nudged.swap(false, Ordering::SeqCst);
-        if !nudged && self.commands.is_empty() && self.control.is_empty() {
+        if !nudged
+            && self.commands.is_empty()
+            && self.control.is_empty()
+            && self.kcp_inbox.is_empty()
+        {
             return true;
         }
         self.sleeping.store(false, Ordering::Relaxed);
@@ -405,6 +511,7 @@ impl Drop for Shared {
 struct ShardRing(
     #[allow(dead_code)] ring::Driver<shard::Tag>,
     #[allow(dead_code)] ring::BufRing,
+    #[allow(dead_code)] Option<ring::BufRing>,
 );
 
 // SAFETY: the shard thread that used these has exited and kept no other
@@ -412,22 +519,46 @@ struct ShardRing(
 // the joining thread, which only drops them, shares nothing.
 unsafe impl Send for ShardRing {}
 
+/// Closes the KCP sockets of a start that failed.
+fn close_all(fds: &[Option<i32>]) {
+    for fd in fds.iter().flatten() {
+        // SAFETY: sockets we just opened and nobody else holds.
+        unsafe { libc::close(*fd) };
+    }
+}
+
 /// A running gate.
 pub struct Gate {
     shared: Arc<Shared>,
     hub: Option<Arc<workers::WorkerHub>>,
-    threads: Vec<JoinHandle<Option<ShardRing>>>,
+    threads: Vec<JoinHandle<Vec<ShardRing>>>,
     local: SocketAddr,
     door_addrs: Vec<SocketAddr>,
+    kcp_addr: Option<SocketAddr>,
 }
 
 impl Gate {
     /// Binds, builds every shard's ring and starts the shard threads.
     pub fn start(cfg: Config) -> Result<Gate, SetupError> {
-        let shards = cfg.shards.max(1);
+        let plan = cfg.plan_shards();
+        let shards = plan.shards.max(1);
         if shards > 1 << 16 {
             return Err(SetupError::Other("at most 65536 shards".into()));
         }
+        if !plan.enough(cfg.max_sessions) {
+            tracing::warn!(
+                "{shards} shards hold about {} sessions, not max_sessions {}: each ring's \
+                 direct-descriptor table has at most {} slots here (RLIMIT_NOFILE), {} per \
+                 session; use at least {} shards, or leave the shard count to the gate",
+                plan.holds,
+                cfg.max_sessions,
+                plan.per_ring,
+                plan.per_session,
+                cfg.max_sessions
+                    .div_ceil((plan.per_ring / 2 / plan.per_session).max(1))
+            );
+        }
+        let ring_entries = cfg.ring_entries_for(&plan);
         // The first listener of each address fixes its port (the address
         // may ask for port 0).
         let opts = sys::ListenOptions {
@@ -466,6 +597,33 @@ impl Gate {
         }
         let local = bound[0].0;
         let door_addrs: Vec<SocketAddr> = bound[1..].iter().map(|(a, _)| *a).collect();
+        // One UDP socket per shard for the KCP door, the first fixing the port.
+        let mut kcp_fds: Vec<Option<i32>> = vec![None; shards];
+        let mut kcp_addr = None;
+        if let Some(k) = &cfg.kcp {
+            k.settings
+                .validate()
+                .map_err(|e| SetupError::Other(format!("kcp: {e}")))?;
+            let mut addr = k.addr;
+            for slot in kcp_fds.iter_mut() {
+                let sock = match sys::udp_socket(addr, k.recv_buffer, k.send_buffer) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        close_all(&kcp_fds);
+                        return Err(e);
+                    }
+                };
+                if kcp_addr.is_none() {
+                    addr = sock
+                        .local_addr()
+                        .ok()
+                        .and_then(|a| a.as_socket())
+                        .ok_or_else(|| SetupError::Other("kcp socket has no address".into()))?;
+                    kcp_addr = Some(addr);
+                }
+                *slot = Some(sock.into_raw_fd());
+            }
+        }
         // listeners[shard] = that shard's socket for each address, in order.
         let mut listeners: Vec<Vec<(i32, door::Door)>> = vec![
             firsts
@@ -484,6 +642,7 @@ impl Gate {
                             // SAFETY: fds we just opened and nobody else holds.
                             unsafe { libc::close(fd) };
                         }
+                        close_all(&kcp_fds);
                         return Err(e);
                     }
                 }
@@ -501,6 +660,7 @@ impl Gate {
                 ring_fd: AtomicI32::new(-1),
                 eventfd,
                 inbox: SegQueue::new(),
+                kcp_inbox: SegQueue::new(),
                 stats: ShardStats::default(),
                 control: SegQueue::new(),
                 sleeping: AtomicBool::new(false),
@@ -511,6 +671,7 @@ impl Gate {
         }
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
+            live: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             tunables: control::Tunables::new(&Limits::of(&cfg)),
             shards: links,
@@ -519,70 +680,134 @@ impl Gate {
             Backend::Workers(hub) => Some(hub.clone()),
             _ => None,
         };
-        let cfg = Arc::new(Config { shards, ..cfg });
+        let cfg = Arc::new(Config {
+            shards,
+            ring_entries,
+            ..cfg
+        });
         let cores = if cfg.pin_threads {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
             Vec::new()
         };
 
-        // Each ring is created in its own thread (it becomes the ring's only
-        // submitter); the threads wait until all rings exist, since any shard
-        // may message any other. A shard gives its ring back when it exits:
-        // it stays open until every shard has stopped, so a late hand-over
-        // never reaches a closed (or reused) descriptor number.
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), SetupError>>();
-        let mut go = Vec::with_capacity(shards);
-        let mut threads = Vec::with_capacity(shards);
+        // Threads: one per core (or `shard_threads`), each driving every
+        // `threads`-th shard. Each ring is created in the thread that drives
+        // it (it becomes the ring's only submitter); the threads wait until
+        // all rings exist, since any shard may message any other. A shard
+        // gives its ring back when it exits: it stays open until every shard
+        // has stopped, so a late hand-over never reaches a closed (or
+        // reused) descriptor number.
+        let nthreads = cfg.threads_for(shards);
+        // Each thread's shards: (index, its listening sockets, its KCP socket).
+        type Members = Vec<(usize, Vec<(i32, door::Door)>, Option<i32>)>;
+        let mut groups: Vec<Members> = (0..nthreads).map(|_| Vec::new()).collect();
         for (index, listener) in listeners.into_iter().enumerate() {
+            groups[index % nthreads].push((index, listener, kcp_fds[index]));
+        }
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), SetupError>>();
+        let mut go = Vec::with_capacity(nthreads);
+        let mut threads = Vec::with_capacity(nthreads);
+        for (g, members) in groups.into_iter().enumerate() {
             let (go_tx, go_rx) = mpsc::channel::<bool>();
             go.push(go_tx);
             let (cfg, shared, ready_tx) = (cfg.clone(), shared.clone(), ready_tx.clone());
-            let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
-            let listen_fds: Vec<i32> = listener.iter().map(|l| l.0).collect();
+            let core = (!cores.is_empty()).then(|| cores[g % cores.len()]);
             let t = std::thread::Builder::new()
-                .name(format!("ringgate-shard-{index}"))
+                .name(format!("ringgate-shard-{g}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    let built = ring::build(cfg.ring_entries.clamp(8, 32768).next_power_of_two())
-                        .map_err(|e| {
-                            if ring::is_unavailable(&e) {
-                                SetupError::Unavailable(e)
-                            } else {
-                                SetupError::Other(format!("cannot create an io_uring: {e}"))
-                            }
-                        })
-                        .and_then(|ring| {
-                            shared.shards[index]
-                                .ring_fd
-                                .store(ring.as_raw_fd(), Ordering::Release);
-                            shard::Shard::new(index, ring, cfg, shared.clone(), listener, local)
-                        });
-                    let shard = match built {
-                        Ok(s) => {
-                            let _ = ready_tx.send(Ok(()));
-                            s
-                        }
-                        Err(e) => {
-                            shared.shards[index].ring_fd.store(-1, Ordering::Release);
-                            let _ = ready_tx.send(Err(e));
-                            for fd in &listen_fds {
-                                // SAFETY: our listener fds, unused elsewhere.
-                                unsafe { libc::close(*fd) };
-                            }
-                            return None;
-                        }
+                    let alone = members.len() == 1;
+                    // A thread with several rings sleeps on one eventfd they all signal.
+                    let group_fd = if alone {
+                        Ok(-1)
+                    } else {
+                        sys::eventfd().map_err(|e| format!("eventfd: {e}"))
                     };
-                    let ring = (go_rx.recv() == Ok(true)).then(|| shard.run());
-                    // Other shards stop handing connections to this one.
-                    shared.shards[index].ring_fd.store(-1, Ordering::Release);
-                    for fd in &listen_fds {
-                        // SAFETY: as above; the ring that used them no longer accepts.
-                        unsafe { libc::close(*fd) };
+                    let mut built = Vec::with_capacity(members.len());
+                    let mut all_fds = Vec::new();
+                    for (index, listener, kcp_fd) in members {
+                        let listen_fds: Vec<i32> =
+                            listener.iter().map(|l| l.0).chain(kcp_fd).collect();
+                        all_fds.push((index, listen_fds.clone()));
+                        let made =
+                            group_fd
+                                .clone()
+                                .map_err(SetupError::Other)
+                                .and_then(|group_fd| {
+                                    let ring = ring::build(
+                                        cfg.ring_entries.clamp(8, 32768).next_power_of_two(),
+                                    )
+                                    .map_err(|e| {
+                                        if ring::is_unavailable(&e) {
+                                            SetupError::Unavailable(e)
+                                        } else {
+                                            SetupError::Other(format!(
+                                                "cannot create an io_uring: {e}"
+                                            ))
+                                        }
+                                    })?;
+                                    if group_fd >= 0 {
+                                        ring.submitter().register_eventfd(group_fd).map_err(
+                                            |err| SetupError::Missing {
+                                                what: "eventfd notification of rings",
+                                                err,
+                                            },
+                                        )?;
+                                    }
+                                    shared.shards[index]
+                                        .ring_fd
+                                        .store(ring.as_raw_fd(), Ordering::Release);
+                                    shard::Shard::new(
+                                        index,
+                                        ring,
+                                        cfg.clone(),
+                                        shared.clone(),
+                                        listener,
+                                        local,
+                                        kcp_fd,
+                                    )
+                                });
+                        match made {
+                            Ok(s) => {
+                                let _ = ready_tx.send(Ok(()));
+                                built.push(s);
+                            }
+                            Err(e) => {
+                                shared.shards[index].ring_fd.store(-1, Ordering::Release);
+                                let _ = ready_tx.send(Err(e));
+                            }
+                        }
                     }
-                    ring.map(|(d, bufs)| ShardRing(d, bufs))
+                    let go = go_rx.recv() == Ok(true) && built.len() == all_fds.len();
+                    let rings = match (go, &group_fd) {
+                        (false, _) => Vec::new(),
+                        (true, Ok(fd)) if *fd >= 0 => shard::Shard::run_group(built, *fd),
+                        (true, _) => built.into_iter().map(shard::Shard::run).collect(),
+                    };
+                    for (index, listen_fds) in all_fds {
+                        // Other shards stop handing connections to this one.
+                        shared.shards[index].ring_fd.store(-1, Ordering::Release);
+                        for fd in listen_fds {
+                            // SAFETY: our listener fds, unused elsewhere; the
+                            // ring that used them no longer accepts.
+                            unsafe { libc::close(fd) };
+                        }
+                    }
+                    if let Ok(fd) = group_fd {
+                        if fd >= 0 {
+                            // SAFETY: our eventfd, which nothing reads any more;
+                            // the rings registered with it hold the kernel's
+                            // object itself, not this descriptor number.
+                            unsafe { libc::close(fd) };
+                        }
+                    }
+                    rings
+                        .into_iter()
+                        .map(|(d, bufs, kbufs)| ShardRing(d, bufs, kbufs))
+                        .collect::<Vec<_>>()
                 })
                 .map_err(|e| SetupError::Other(format!("cannot start a shard thread: {e}")))?;
             threads.push(t);
@@ -616,6 +841,7 @@ impl Gate {
             threads,
             local,
             door_addrs,
+            kcp_addr,
         })
     }
 
@@ -627,6 +853,11 @@ impl Gate {
     /// The addresses of [`Config::doors`], in order, with the real ports.
     pub fn door_addrs(&self) -> &[SocketAddr] {
         &self.door_addrs
+    }
+
+    /// The KCP door's UDP address (with the real port), if there is one.
+    pub fn kcp_addr(&self) -> Option<SocketAddr> {
+        self.kcp_addr
     }
 
     /// Number of shards.

@@ -34,6 +34,25 @@ impl PlainQueue {
     }
 }
 
+/// The pieces [`Outbound::next_pieces`] yields: one named type rather than
+/// a chain of adapters, since it runs for every send of every session.
+enum Pieces<'a, W> {
+    One(Option<&'a [u8]>),
+    Window(W),
+}
+
+impl<'a, W: Iterator<Item = &'a [u8]>> Iterator for Pieces<'a, W> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        match self {
+            Pieces::One(p) => p.take(),
+            Pieces::Window(w) => w.next(),
+        }
+    }
+}
+
 /// Outgoing bytes of one direction of a session.
 #[derive(Debug)]
 pub enum Outbound {
@@ -83,28 +102,25 @@ impl Outbound {
     /// window's unsent ciphertext; for a plain queue its in-flight half
     /// (pending bytes move there when the previous send finished).
     pub fn next_pieces(&mut self) -> impl Iterator<Item = &[u8]> {
-        let (plain, scp) = match self {
+        match self {
             Outbound::Plain(q) => {
                 if q.inflight_done == q.inflight.len() {
                     q.inflight.clear();
                     q.inflight_done = 0;
                     std::mem::swap(&mut q.pending, &mut q.inflight);
                 }
-                (Some(&q.inflight[q.inflight_done..]), None)
+                let rest = &q.inflight[q.inflight_done..];
+                Pieces::One((!rest.is_empty()).then_some(rest))
             }
             Outbound::Scp(s) => {
                 let w = s.window();
-                (None, Some(w.slices_from(w.flushed())))
+                Pieces::Window(w.slices_from(w.flushed()))
             }
             Outbound::Stable(s) => {
                 let w = s.window();
-                (None, Some(w.slices_from(w.flushed())))
+                Pieces::Window(w.slices_from(w.flushed()))
             }
-        };
-        plain
-            .filter(|p| !p.is_empty())
-            .into_iter()
-            .chain(scp.into_iter().flatten())
+        }
     }
 
     /// Records that `n` bytes of the current send went out.

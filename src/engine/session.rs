@@ -265,6 +265,11 @@ impl Relay {
         self.client.stable()
     }
 
+    /// Whether the client side speaks the stable-connection dialect.
+    pub fn is_stable(&self) -> bool {
+        matches!(self.client, Outbound::Stable(_))
+    }
+
     /// The stable-connection session, mutably.
     pub fn stable_mut(&mut self) -> Option<&mut crate::proto::stable::StableSession> {
         self.client.stable_mut()

@@ -124,6 +124,10 @@ pub(crate) struct ShardStats {
     pub(crate) table_used: AtomicU64,
     pub(crate) handoffs_parked: AtomicU64,
     pub(crate) table_size: AtomicU64,
+    /// KCP conversations held now (set each tick), and datagrams dropped
+    /// (for no conversation, refused by one, or over the cap).
+    pub(crate) kcp_conversations: AtomicU64,
+    pub(crate) kcp_dropped: AtomicU64,
     /// Per upstream address; locked once per connect attempt by the shard
     /// and at a scrape by the reader, so never contended on the data path.
     pub(crate) hosts: Mutex<HashMap<SocketAddr, HostSnapshot>>,
@@ -198,6 +202,8 @@ impl ShardStats {
             table_used: get(&self.table_used),
             handoffs_parked: get(&self.handoffs_parked),
             table_size: get(&self.table_size),
+            kcp_conversations: get(&self.kcp_conversations),
+            kcp_dropped: get(&self.kcp_dropped),
             commands_queued: 0,
         }
     }
@@ -259,6 +265,11 @@ pub struct ShardSnapshot {
     /// arrived yet (one whose hand-over failed is dropped after the
     /// handshake timeout).
     pub handoffs_parked: u64,
+    /// KCP conversations held (closed ones still delivering included).
+    pub kcp_conversations: u64,
+    /// KCP datagrams dropped: from an address without a conversation and
+    /// not opening one, refused by their conversation, or over the cap.
+    pub kcp_dropped: u64,
     /// Embedded mode: application commands waiting in the shard's queue.
     pub commands_queued: u64,
 }

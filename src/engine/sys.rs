@@ -107,6 +107,34 @@ pub fn listener(addr: SocketAddr, opts: ListenOptions) -> Result<Socket, SetupEr
     Ok(sock)
 }
 
+/// A non-blocking UDP socket with SO_REUSEPORT, so that every shard can
+/// bind the same address and the kernel spreads clients over them (by
+/// their address: a client's datagrams keep reaching one shard). Kernel
+/// buffer sizes are set when given.
+pub fn udp_socket(
+    addr: SocketAddr,
+    recv_buffer: Option<usize>,
+    send_buffer: Option<usize>,
+) -> Result<Socket, SetupError> {
+    let err = |e: io::Error| SetupError::Listen { addr, err: e };
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.cloexec().nonblocking(),
+        Some(Protocol::UDP),
+    )
+    .map_err(err)?;
+    sock.set_reuse_address(true).map_err(err)?;
+    sock.set_reuse_port(true).map_err(err)?;
+    if let Some(n) = recv_buffer {
+        sock.set_recv_buffer_size(n).map_err(err)?;
+    }
+    if let Some(n) = send_buffer {
+        sock.set_send_buffer_size(n).map_err(err)?;
+    }
+    sock.bind(&addr.into()).map_err(err)?;
+    Ok(sock)
+}
+
 /// Storage for a socket address written by the kernel.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -155,6 +183,14 @@ impl RawAddr {
             }
             _ => None,
         }
+    }
+
+    /// Parses an address the kernel wrote into a `recvmsg` name.
+    pub fn parse(name: &[u8]) -> Option<SocketAddr> {
+        let mut raw = RawAddr::default();
+        let n = name.len().min(raw.buf.len());
+        raw.buf[..n].copy_from_slice(&name[..n]);
+        raw.to_socket_addr()
     }
 
     /// Encodes `addr` for a connect.
@@ -215,6 +251,27 @@ pub fn eventfd_signal(fd: i32) {
     unsafe {
         libc::write(fd, &one as *const u64 as *const libc::c_void, 8);
     }
+}
+
+/// Waits until `fd` (a non-blocking eventfd) has been signalled, at most
+/// `timeout`, and resets it. Returns false when the wait timed out.
+pub fn eventfd_wait(fd: i32, timeout: std::time::Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n <= 0 {
+        // Timed out, or a signal: either way the caller looks everywhere.
+        return false;
+    }
+    let mut word = 0u64;
+    // SAFETY: reads 8 bytes into a valid u64; EAGAIN (already reset) is harmless.
+    unsafe { libc::read(fd, &mut word as *mut u64 as *mut libc::c_void, 8) };
+    true
 }
 
 /// A TCP socket for `peer`'s address family, created straight into the

@@ -45,18 +45,21 @@
 //! ```
 
 use crate::engine::workers::{Command, Encoded};
-use crate::engine::{Config, Gate, IdSpace, SetupError, Shared, Stats};
+use crate::engine::{Config, Gate, IdSpace, SetupError, Stats};
 use crate::gate::Backend;
+use crate::gate::events::{Queues, Running};
 use crate::proto::frame::{FrameError, FrameFormat};
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::engine::workers::{Event, WorkerHub};
 pub use crate::engine::{CloseReason, SessionId};
+pub use crate::gate::events::RecvError;
+
+/// One worker's queue of events (sessions with `id % workers == index`).
+pub type EventReceiver = crate::gate::events::EventReceiver<Event>;
 
 /// Why a command from the application was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,18 +70,6 @@ pub enum SendError {
     /// The gate is shutting down or gone.
     #[error("the gate has stopped")]
     Stopped,
-}
-
-/// Why [`EventReceiver::try_recv`] or [`EventReceiver::recv_timeout`]
-/// returned no event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum RecvError {
-    /// No event now (or within the timeout).
-    #[error("no event")]
-    Empty,
-    /// The gate has stopped and every event was received.
-    #[error("the gate has stopped")]
-    Ended,
 }
 
 /// Configures and starts an embedded gate.
@@ -214,17 +205,10 @@ impl Builder {
     /// Binds and starts the shards; returns the handle and one receiver per
     /// worker (receiver `i` gets the sessions with `id % workers == i`).
     pub fn start(self) -> Result<(Handle, Vec<EventReceiver>), SetupError> {
-        let mut senders = Vec::with_capacity(self.workers);
-        let mut receivers = Vec::with_capacity(self.workers);
-        for _ in 0..self.workers {
-            let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
-            senders.push(tx);
-            receivers.push(rx);
-        }
-        let wanted: Arc<[AtomicBool]> = (0..self.workers).map(|_| AtomicBool::new(false)).collect();
+        let mut queues = Queues::new(self.workers, self.queue_capacity);
         let hub = Arc::new(WorkerHub {
-            senders,
-            wanted: wanted.clone(),
+            senders: std::mem::take(&mut queues.senders),
+            wanted: queues.wanted.clone(),
             format: self.format,
             max_frame: self.max_frame,
             command_capacity: self.command_capacity,
@@ -233,27 +217,16 @@ impl Builder {
             backend: Backend::Workers(hub),
             ..self.cfg
         })?;
-        let shared = gate.shared().clone();
         let handle = Handle {
             inner: Arc::new(Inner {
                 ids: IdSpace::new(gate.shards()),
                 local: gate.local_addr(),
                 doors: gate.door_addrs().to_vec(),
                 format: self.format,
-                shared: shared.clone(),
-                gate: Mutex::new(Some(gate)),
+                run: Running::new(gate),
             }),
         };
-        let receivers = receivers
-            .into_iter()
-            .enumerate()
-            .map(|(index, rx)| EventReceiver {
-                rx,
-                index,
-                wanted: wanted.clone(),
-                shared: shared.clone(),
-            })
-            .collect();
+        let receivers = queues.receivers(&handle.inner.run.shared);
         Ok((handle, receivers))
     }
 }
@@ -263,8 +236,7 @@ struct Inner {
     local: SocketAddr,
     doors: Vec<SocketAddr>,
     format: FrameFormat,
-    shared: Arc<Shared>,
-    gate: Mutex<Option<Gate>>,
+    run: Running,
 }
 
 /// Sends frames to sessions and controls the gate, from any thread.
@@ -298,7 +270,7 @@ impl Handle {
 
     fn owner(&self, session: SessionId) -> Option<usize> {
         let owner = self.inner.ids.owner(session);
-        (owner < self.inner.shared.shard_count()).then_some(owner)
+        (owner < self.inner.run.shared.shard_count()).then_some(owner)
     }
 
     fn encode(&self, frame: Bytes) -> Result<Encoded, SendError> {
@@ -307,6 +279,7 @@ impl Handle {
 
     fn command(&self, shard: usize, cmd: Command) -> Result<(), SendError> {
         self.inner
+            .run
             .shared
             .command(shard, cmd)
             .map_err(|_| SendError::Stopped)
@@ -330,7 +303,8 @@ impl Handle {
         frame: impl Into<Bytes>,
     ) -> Result<(), SendError> {
         let frame = self.encode(frame.into())?;
-        let mut per_shard: Vec<Vec<SessionId>> = vec![Vec::new(); self.inner.shared.shard_count()];
+        let mut per_shard: Vec<Vec<SessionId>> =
+            vec![Vec::new(); self.inner.run.shared.shard_count()];
         for &s in sessions {
             if let Some(shard) = self.owner(s) {
                 per_shard[shard].push(s);
@@ -347,7 +321,7 @@ impl Handle {
     /// Sends a frame to every live session.
     pub fn broadcast(&self, frame: impl Into<Bytes>) -> Result<(), SendError> {
         let frame = self.encode(frame.into())?;
-        for shard in 0..self.inner.shared.shard_count() {
+        for shard in 0..self.inner.run.shared.shard_count() {
             self.command(shard, Command::Broadcast(frame.clone()))?;
         }
         Ok(())
@@ -363,100 +337,25 @@ impl Handle {
 
     /// The address of a live session's client (the latest connection's).
     pub fn peer_addr(&self, session: SessionId) -> Option<SocketAddr> {
-        self.inner.shared.peer_addr(self.owner(session)?, session)
+        self.inner
+            .run
+            .shared
+            .peer_addr(self.owner(session)?, session)
     }
 
     /// The gate's counters.
     pub fn stats(&self) -> Stats {
-        self.inner.shared.stats()
+        self.inner.run.stats()
     }
 
     /// Closes every session ([`CloseReason::Shutdown`]) and stops the shards;
     /// each [`EventReceiver`] ends after the last events.
     pub fn shutdown(&self) {
-        self.inner.shared.stop();
+        self.inner.run.shutdown();
     }
 
     /// Waits until every shard has exited (after [`shutdown`](Self::shutdown)).
     pub fn join(&self) {
-        let mut gate = self.inner.gate.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(g) = gate.take() {
-            g.join();
-        }
-    }
-}
-
-/// One worker's queue of events.
-pub struct EventReceiver {
-    rx: Receiver<Event>,
-    index: usize,
-    wanted: Arc<[AtomicBool]>,
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for EventReceiver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventReceiver")
-            .field("worker", &self.index)
-            .field("queued", &self.rx.len())
-            .finish()
-    }
-}
-
-impl EventReceiver {
-    /// This receiver's worker index (its sessions have `id % workers == index`).
-    pub fn index(&self) -> usize {
-        self.index
-    }
-
-    /// The next event; `None` once the gate has stopped and all events
-    /// were received.
-    pub fn recv(&self) -> Option<Event> {
-        let ev = self.rx.recv().ok()?;
-        self.taken();
-        Some(ev)
-    }
-
-    /// The next event if one is queued.
-    pub fn try_recv(&self) -> Result<Event, RecvError> {
-        match self.rx.try_recv() {
-            Ok(ev) => {
-                self.taken();
-                Ok(ev)
-            }
-            Err(TryRecvError::Empty) => Err(RecvError::Empty),
-            Err(TryRecvError::Disconnected) => Err(RecvError::Ended),
-        }
-    }
-
-    /// The next event, waiting at most `timeout`.
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event, RecvError> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(ev) => {
-                self.taken();
-                Ok(ev)
-            }
-            Err(RecvTimeoutError::Timeout) => Err(RecvError::Empty),
-            Err(RecvTimeoutError::Disconnected) => Err(RecvError::Ended),
-        }
-    }
-
-    /// Events waiting in the queue.
-    pub fn len(&self) -> usize {
-        self.rx.len()
-    }
-
-    /// Whether the queue is empty.
-    pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
-    }
-
-    /// Room was made: wake the shards if one is waiting for it. The load
-    /// keeps the common case to a read of a shared flag.
-    fn taken(&self) {
-        let flag = &self.wanted[self.index];
-        if flag.load(Ordering::Relaxed) && flag.swap(false, Ordering::SeqCst) {
-            self.shared.wake_all();
-        }
+        self.inner.run.join();
     }
 }

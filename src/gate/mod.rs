@@ -6,6 +6,7 @@
 //! the engine's [`UpstreamPolicy`], what to do.
 
 pub mod embedded;
+pub mod events;
 pub mod resolv;
 pub mod skynet;
 pub mod upstream;

@@ -72,20 +72,23 @@
 //! ```
 
 use crate::engine::skynet::{SkynetCommand, SkynetHub, SkynetShared};
-use crate::engine::{Config, Door, Gate, SetupError, Shared, Stats};
+use crate::engine::{Config, Door, Gate, SetupError, Stats};
 use crate::gate::Backend;
+use crate::gate::events::{Queues, Running};
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use crate::engine::skynet::{
     Refusal, SkynetAuth as Auth, SkynetEvent as Event, SkynetSettings as Settings,
     SkynetUser as User,
 };
-pub use crate::gate::embedded::RecvError;
+pub use crate::gate::events::RecvError;
+
+/// One worker's queue of events (users spread by uid over the workers).
+pub type EventReceiver = crate::gate::events::EventReceiver<Event>;
 pub use crate::proto::skynet::gate::GateLimits;
 pub use crate::proto::skynet::login::LoginLimits;
 
@@ -204,19 +207,12 @@ impl Builder {
     /// worker.
     pub fn start(self) -> Result<(Handle, Vec<EventReceiver>), SetupError> {
         let shards = self.cfg.shards.max(1);
-        let mut senders = Vec::with_capacity(self.workers);
-        let mut receivers = Vec::with_capacity(self.workers);
-        for _ in 0..self.workers {
-            let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
-            senders.push(tx);
-            receivers.push(rx);
-        }
-        let wanted: Arc<[AtomicBool]> = (0..self.workers).map(|_| AtomicBool::new(false)).collect();
+        let mut queues = Queues::new(self.workers, self.queue_capacity);
         let skynet = Arc::new(SkynetShared::new(shards, self.command_capacity));
         let hub = Arc::new(SkynetHub {
             auth: self.auth,
-            senders,
-            wanted: wanted.clone(),
+            senders: std::mem::take(&mut queues.senders),
+            wanted: queues.wanted.clone(),
             settings: self.settings,
             shared: skynet.clone(),
         });
@@ -228,27 +224,16 @@ impl Builder {
             skynet: Some(hub),
             ..self.cfg
         })?;
-        let shared = gate.shared().clone();
         let handle = Handle {
             inner: Arc::new(Inner {
                 login: gate.local_addr(),
                 gate_addr: gate.door_addrs()[0],
                 skynet,
-                shared: shared.clone(),
                 next_shard: AtomicUsize::new(0),
-                gate: Mutex::new(Some(gate)),
+                run: Running::new(gate),
             }),
         };
-        let receivers = receivers
-            .into_iter()
-            .enumerate()
-            .map(|(index, rx)| EventReceiver {
-                rx,
-                index,
-                wanted: wanted.clone(),
-                shared: shared.clone(),
-            })
-            .collect();
+        let receivers = queues.receivers(&handle.inner.run.shared);
         Ok((handle, receivers))
     }
 }
@@ -257,9 +242,8 @@ struct Inner {
     login: SocketAddr,
     gate_addr: SocketAddr,
     skynet: Arc<SkynetShared>,
-    shared: Arc<Shared>,
     next_shard: AtomicUsize,
-    gate: Mutex<Option<Gate>>,
+    run: Running,
 }
 
 /// Answers requests and acts on users, from any thread. Commands about one
@@ -292,7 +276,7 @@ impl Handle {
     fn command(&self, shard: usize, cmd: SkynetCommand) -> Result<(), Stopped> {
         self.inner
             .skynet
-            .command(&self.inner.shared, shard, cmd)
+            .command(&self.inner.run.shared, shard, cmd)
             .map_err(|_| Stopped)
     }
 
@@ -349,94 +333,17 @@ impl Handle {
 
     /// The engine's counters (connections accepted, handshakes failed...).
     pub fn stats(&self) -> Stats {
-        self.inner.shared.stats()
+        self.inner.run.stats()
     }
 
     /// Closes every connection and stops the shards; each
     /// [`EventReceiver`] ends after the last events.
     pub fn shutdown(&self) {
-        self.inner.shared.stop();
+        self.inner.run.shutdown();
     }
 
     /// Waits until every shard has exited (after [`shutdown`](Self::shutdown)).
     pub fn join(&self) {
-        let mut gate = self.inner.gate.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(g) = gate.take() {
-            g.join();
-        }
-    }
-}
-
-/// One worker's queue of events.
-pub struct EventReceiver {
-    rx: Receiver<Event>,
-    index: usize,
-    wanted: Arc<[AtomicBool]>,
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for EventReceiver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventReceiver")
-            .field("worker", &self.index)
-            .field("queued", &self.rx.len())
-            .finish()
-    }
-}
-
-impl EventReceiver {
-    /// This receiver's worker index.
-    pub fn index(&self) -> usize {
-        self.index
-    }
-
-    /// The next event; `None` once the gate has stopped and all events
-    /// were received.
-    pub fn recv(&self) -> Option<Event> {
-        let ev = self.rx.recv().ok()?;
-        self.taken();
-        Some(ev)
-    }
-
-    /// The next event if one is queued.
-    pub fn try_recv(&self) -> Result<Event, RecvError> {
-        match self.rx.try_recv() {
-            Ok(ev) => {
-                self.taken();
-                Ok(ev)
-            }
-            Err(TryRecvError::Empty) => Err(RecvError::Empty),
-            Err(TryRecvError::Disconnected) => Err(RecvError::Ended),
-        }
-    }
-
-    /// The next event, waiting at most `timeout`.
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event, RecvError> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(ev) => {
-                self.taken();
-                Ok(ev)
-            }
-            Err(RecvTimeoutError::Timeout) => Err(RecvError::Empty),
-            Err(RecvTimeoutError::Disconnected) => Err(RecvError::Ended),
-        }
-    }
-
-    /// Events waiting in the queue.
-    pub fn len(&self) -> usize {
-        self.rx.len()
-    }
-
-    /// Whether the queue is empty.
-    pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
-    }
-
-    /// Room was made: wake the shards if one waits for it.
-    fn taken(&self) {
-        let flag = &self.wanted[self.index];
-        if flag.load(Ordering::Relaxed) && flag.swap(false, Ordering::SeqCst) {
-            self.shared.wake_all();
-        }
+        self.inner.run.join();
     }
 }

@@ -12,6 +12,7 @@ pub mod client;
 pub mod crypt;
 pub mod dh64;
 pub mod frame;
+pub mod kcp;
 pub mod message;
 pub mod rc4;
 pub mod replay;

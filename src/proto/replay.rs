@@ -3,13 +3,28 @@
 //! Outgoing plaintext is encrypted straight into the ring, sent from there,
 //! and the bytes stay in place as the replay copy after the send completes,
 //! so a resume resends ciphertext exactly as first sent with no extra copy.
-//! Pages are allocated on first write: an idle or quiet session costs only
-//! the pages it has actually filled.
+//!
+//! The ring is cut into segments that are allocated on first write and never
+//! move while allocated (the engine hands pointers into them to the kernel
+//! for a send). The first [`PAGE`] bytes of the ring are segments that double
+//! in size from [`SMALL`] bytes; the rest are whole pages. A quiet session
+//! that has sent a message or two so holds a few hundred bytes rather than a
+//! page, and a busy one holds what it filled, as before.
 
 use super::message::Status;
+use smallvec::SmallVec;
 
-/// Size of one lazily allocated page of the ring.
+/// Capacity granule: a window's capacity is a whole number of pages, and
+/// beyond its first page the ring is allocated a page at a time.
 pub const PAGE: usize = 4096;
+
+/// The ring's first segment, in bytes; the next ones in its first page
+/// double in size (`SMALL`, `SMALL`, `2·SMALL`, … `PAGE / 2`).
+pub const SMALL: usize = 128;
+
+/// Segments in the first page: `[0, SMALL)`, then `[2^k, 2^(k+1))` for
+/// `SMALL ≤ 2^k < PAGE`.
+const HEAD_SEGMENTS: usize = (PAGE / SMALL).trailing_zeros() as usize + 1;
 
 /// Largest capacity a window accepts.
 ///
@@ -22,18 +37,33 @@ pub const MAX_CAPACITY: usize = 1 << 31;
 ///
 /// Positions are absolute stream offsets (`u64`, bytes since the session
 /// began). `[flushed, written)` is unsent; `[written - held, written)` is
-/// still held for replay. Pages are allocated only when first written, and a
-/// page never moves while allocated, so the engine may hand pointers into it
-/// to the kernel for a send.
+/// still held for replay. Segments are allocated only when first written,
+/// and a segment never moves while allocated.
 pub struct ReplayWindow {
-    /// One slot per page of the ring; the vector is never resized, and each
-    /// page is a separate heap block, so page addresses are stable.
-    pages: Vec<Option<Box<[u8]>>>,
+    /// One slot per segment, as far as any has been allocated (two inline:
+    /// a quiet session needs no further block for the table itself).
+    segments: SmallVec<[Option<Box<[u8]>>; 2]>,
+    /// Capacity in pages.
+    pages: u32,
     /// Stream position of the first byte this window saw (0 except in tests
     /// that start a window deep into a stream).
     start: u64,
     written: u64,
     flushed: u64,
+}
+
+/// Segment index, its first ring offset and its length, of ring offset `r`.
+#[inline]
+fn segment_of(r: usize) -> (usize, usize, usize) {
+    if r >= PAGE {
+        (HEAD_SEGMENTS - 1 + r / PAGE, r / PAGE * PAGE, PAGE)
+    } else if r < SMALL {
+        (0, 0, SMALL)
+    } else {
+        let log = usize::BITS - 1 - r.leading_zeros();
+        let first = 1usize << log;
+        ((first / SMALL).trailing_zeros() as usize + 1, first, first)
+    }
 }
 
 impl ReplayWindow {
@@ -59,7 +89,8 @@ impl ReplayWindow {
         );
         let pages = capacity.div_ceil(PAGE).max(1);
         ReplayWindow {
-            pages: (0..pages).map(|_| None).collect(),
+            segments: SmallVec::new(),
+            pages: pages as u32,
             start,
             written: start,
             flushed: start,
@@ -68,7 +99,7 @@ impl ReplayWindow {
 
     /// Capacity in bytes.
     pub fn capacity(&self) -> usize {
-        self.pages.len() * PAGE
+        self.pages as usize * PAGE
     }
 
     /// Total bytes ever written (the sender's stream count, full width).
@@ -107,9 +138,12 @@ impl ReplayWindow {
         let take = src.len().min(self.free_space());
         let mut rest = &src[..take];
         while !rest.is_empty() {
-            let (page, offset) = self.locate(self.written);
-            let len = rest.len().min(PAGE - offset);
-            let dst = self.pages[page].get_or_insert_with(new_page);
+            let (seg, offset, seg_len) = self.locate(self.written);
+            let len = rest.len().min(seg_len - offset);
+            if seg >= self.segments.len() {
+                self.segments.resize_with(seg + 1, || None);
+            }
+            let dst = self.segments[seg].get_or_insert_with(|| new_segment(seg_len));
             let (piece, tail) = rest.split_at(len);
             transform(piece, &mut dst[offset..offset + len]);
             rest = tail;
@@ -126,7 +160,7 @@ impl ReplayWindow {
     /// The bytes `[from, written)` as contiguous pieces in order; `from` must
     /// lie in `[written - held, written]`.
     ///
-    /// A piece never crosses a page boundary (so never the ring's wrap). An
+    /// A piece never crosses a segment boundary (so never the ring's wrap). An
     /// out-of-range `from` yields nothing rather than stale bytes.
     pub fn slices_from(&self, from: u64) -> impl Iterator<Item = &[u8]> {
         let oldest = self.written - self.held() as u64;
@@ -184,21 +218,24 @@ impl ReplayWindow {
         Some(missing as usize)
     }
 
-    /// Heap bytes currently held by the window's pages.
+    /// Heap bytes currently held by the window's segments (not counting
+    /// the segment table beyond its two inline slots).
     pub fn memory_bytes(&self) -> usize {
-        self.pages.iter().filter(|p| p.is_some()).count() * PAGE
+        self.segments.iter().flatten().map(|s| s.len()).sum()
     }
 
-    /// Page index and offset within it of stream position `pos`.
-    fn locate(&self, pos: u64) -> (usize, usize) {
+    /// Segment index, offset within it and its length, of stream position `pos`.
+    #[inline]
+    fn locate(&self, pos: u64) -> (usize, usize, usize) {
         let ring = (pos % self.capacity() as u64) as usize;
-        (ring / PAGE, ring % PAGE)
+        let (seg, first, len) = segment_of(ring);
+        (seg, ring - first, len)
     }
 }
 
-/// A zeroed page, allocated directly on the heap (no 4 KiB stack temporary).
-fn new_page() -> Box<[u8]> {
-    vec![0u8; PAGE].into_boxed_slice()
+/// A zeroed segment, allocated directly on the heap (no stack temporary).
+fn new_segment(len: usize) -> Box<[u8]> {
+    vec![0u8; len].into_boxed_slice()
 }
 
 impl std::fmt::Debug for ReplayWindow {
@@ -227,12 +264,12 @@ impl<'a> Iterator for Slices<'a> {
         if self.pos >= self.end {
             return None;
         }
-        let (page, offset) = self.window.locate(self.pos);
-        let len = ((self.end - self.pos) as usize).min(PAGE - offset);
-        // Every page of the held range has been written, hence allocated;
+        let (seg, offset, seg_len) = self.window.locate(self.pos);
+        let len = ((self.end - self.pos) as usize).min(seg_len - offset);
+        // Every segment of the held range has been written, hence allocated;
         // stop rather than panic if that invariant were ever broken.
-        let Some(bytes) = self.window.pages[page].as_deref() else {
-            debug_assert!(false, "held page {page} not allocated");
+        let Some(bytes) = self.window.segments.get(seg).and_then(|s| s.as_deref()) else {
+            debug_assert!(false, "held segment {seg} not allocated");
             self.pos = self.end;
             return None;
         };
@@ -258,14 +295,53 @@ mod tests {
     }
 
     #[test]
-    fn pages_are_allocated_lazily() {
+    fn segments_are_allocated_lazily_and_small_first() {
         let mut w = ReplayWindow::new(65536);
         assert_eq!(w.memory_bytes(), 0);
         assert_eq!(w.write(&[1; 10]), 10);
-        assert_eq!(w.memory_bytes(), PAGE);
+        assert_eq!(w.memory_bytes(), SMALL);
         w.mark_sent(10);
-        w.write(&[2; PAGE]);
+        w.write(&[2; 200]);
+        assert_eq!(w.memory_bytes(), 2 * SMALL);
+        w.mark_sent(200);
+        // The first page is then filled by doubling segments, then pages follow.
+        w.write(&[3; PAGE]);
         assert_eq!(w.memory_bytes(), 2 * PAGE);
+    }
+
+    #[test]
+    fn segment_boundaries() {
+        assert_eq!(segment_of(0), (0, 0, SMALL));
+        assert_eq!(segment_of(SMALL - 1), (0, 0, SMALL));
+        assert_eq!(segment_of(SMALL), (1, SMALL, SMALL));
+        assert_eq!(segment_of(2 * SMALL), (2, 2 * SMALL, 2 * SMALL));
+        assert_eq!(
+            segment_of(PAGE - 1),
+            (HEAD_SEGMENTS - 1, PAGE / 2, PAGE / 2)
+        );
+        assert_eq!(segment_of(PAGE), (HEAD_SEGMENTS, PAGE, PAGE));
+        assert_eq!(
+            segment_of(3 * PAGE + 5),
+            (HEAD_SEGMENTS + 2, 3 * PAGE, PAGE)
+        );
+        // The head segments tile the first page exactly.
+        let mut r = 0;
+        for k in 0..HEAD_SEGMENTS {
+            let (seg, first, len) = segment_of(r);
+            assert_eq!((seg, first), (k, r));
+            r += len;
+        }
+        assert_eq!(r, PAGE);
+    }
+
+    #[test]
+    fn a_window_full_of_bytes_holds_its_capacity() {
+        let mut w = ReplayWindow::new(3 * PAGE);
+        for _ in 0..5 {
+            w.write(&[4; PAGE]);
+            w.mark_sent(PAGE);
+        }
+        assert_eq!(w.memory_bytes(), 3 * PAGE);
     }
 
     #[test]
@@ -294,7 +370,12 @@ mod tests {
         }
         let from = w.written() - w.held() as u64;
         let lens: Vec<usize> = w.slices_from(from).map(<[u8]>::len).collect();
-        assert_eq!(lens, vec![PAGE - 17, PAGE, 17]);
+        // From ring offset PAGE + 17: the rest of the second page, the head
+        // segments after the wrap, then 17 bytes of the second page again.
+        let mut want = vec![PAGE - 17, SMALL];
+        want.extend((0..HEAD_SEGMENTS - 1).map(|k| SMALL << k));
+        want.push(17);
+        assert_eq!(lens, want);
         assert_eq!(collect(&w, from), &data[data.len() - 2 * PAGE..]);
     }
 

@@ -92,3 +92,78 @@ pub fn assert_serving(addr: SocketAddr) {
     c.read_exact(&mut back).unwrap();
     assert_eq!(back, msg);
 }
+
+/// The `ringgate` binary as a command: warnings only, its stdout piped (the
+/// start-up line is read from it), its stderr the test's.
+pub fn ringgate() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"));
+    cmd.env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    cmd
+}
+
+/// Reads a started binary's start-up line (its first line of output).
+pub fn first_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout piped"))
+        .read_line(&mut line)
+        .expect("a start-up line");
+    line
+}
+
+/// The word after `word` in a start-up line.
+fn word_after<'a>(line: &'a str, word: &str) -> Option<&'a str> {
+    line.split_whitespace().skip_while(|w| *w != word).nth(1)
+}
+
+/// The address a start-up line says the binary listens on ("... on ADDR").
+pub fn listen_addr(line: &str) -> SocketAddr {
+    word_after(line, "on")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("start-up line names the address: {line:?}"))
+}
+
+/// The admin endpoint a start-up line names ("... at http://ADDR/").
+pub fn admin_addr(line: &str) -> SocketAddr {
+    word_after(line, "at")
+        .and_then(|a| {
+            a.trim_start_matches("http://")
+                .trim_end_matches('/')
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("start-up line names the admin address: {line:?}"))
+}
+
+/// One HTTP/1.1 request to an admin endpoint; the status and the body.
+pub fn http(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP answer: {out:?}"));
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+/// A child process killed (and reaped) when the test lets go of it.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

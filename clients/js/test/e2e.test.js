@@ -6,18 +6,11 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import net from 'node:net';
-import { resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { PacketReader, ScpClient, encodePacket, webSocketTransport } from '../scp.js';
 import { prng } from './gate-model.js';
+import { bin, freePort, startGate, until } from './harness.js';
 
-const root = fileURLToPath(new URL('../../../', import.meta.url));
-const bin = [process.env.RINGGATE_BIN && resolve(process.env.RINGGATE_BIN), `${root}target/release/ringgate`, `${root}target/debug/ringgate`].find(
-  (p) => p && existsSync(p),
-);
 let WebSocket = null;
 try {
   ({ WebSocket } = await import('ws'));
@@ -26,54 +19,16 @@ try {
 }
 const skip = !bin ? 'no ringgate binary (build it, or set RINGGATE_BIN)' : !WebSocket ? "no 'ws' package (npm ci in clients/js)" : false;
 
-/** A port free right now on loopback. */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function until(pred, ms, what) {
-  const end = Date.now() + ms;
-  while (!(await pred())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-const canConnect = (port) =>
-  new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1');
-    s.on('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.on('error', () => resolve(false));
-  });
-
 test('echo through the real gate, dropping the WebSocket mid-stream and resuming', { skip, timeout: 60000 }, async (t) => {
   const echo = net.createServer((s) => s.pipe(s));
   await new Promise((r) => echo.listen(0, '127.0.0.1', r));
   t.after(() => echo.close());
   const [listen, ws] = [await freePort(), await freePort()];
-  const gate = spawn(
-    bin,
-    ['serve', '--listen', `127.0.0.1:${listen}`, '--ws', `127.0.0.1:${ws}`, '--ws-mode', 'scp', '--shards', '1',
-      '--upstream', `echo=127.0.0.1:${echo.address().port}`],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
+  const { log: gateLog } = await startGate(
+    t,
+    ['--listen', `127.0.0.1:${listen}`, '--ws', `127.0.0.1:${ws}`, '--ws-mode', 'scp', '--upstream', `echo=127.0.0.1:${echo.address().port}`],
+    ws,
   );
-  let log = '';
-  gate.stderr.on('data', (d) => (log += d));
-  t.after(() => gate.kill());
-  await until(() => gate.exitCode !== null || canConnect(ws), 20000, 'the gate to listen').catch((e) => {
-    throw new Error(`${e.message}\n${log}`);
-  });
-  assert.equal(gate.exitCode, null, log);
 
   // Every WebSocket the client opens, so that the test can kill one abruptly.
   const sockets = [];
@@ -116,7 +71,7 @@ test('echo through the real gate, dropping the WebSocket mid-stream and resuming
     await until(() => resumes > before || errors.length > 0, 10000, 'a resume');
   }
   await until(() => got.length === sent.length || errors.length > 0, 20000, 'every echo');
-  assert.deepEqual(errors, [], log);
+  assert.deepEqual(errors, [], gateLog());
   assert.equal(resumes, 6);
   assert.equal(got.length, sent.length);
   sent.forEach((p, i) => assert.deepEqual(got[i], p, `packet ${i}`));

@@ -25,13 +25,14 @@
 //! to be answered once. It reuses the phases and the report; see its module.
 
 mod conn;
+mod kcp;
 mod msgserver;
 mod report;
 mod shard;
 mod wire;
 
 pub use report::{Latency, Report};
-pub use wire::{TlsClientSettings, Transport};
+pub use wire::TlsClientSettings;
 
 use crate::engine::sys;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -55,6 +56,21 @@ pub enum Protocol {
     /// [`LoadgenConfig::login`], then sends requests with sessions to
     /// [`LoadgenConfig::connect`] (blocking clients on threads, not io_uring).
     Msgserver,
+}
+
+/// What carries the clients' streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP (the io_uring client).
+    Tcp,
+    /// KCP over UDP, as kcp-go clients (SCP only; see the `kcp` module).
+    Kcp,
+    /// Binary WebSocket messages, client-masked (the io_uring client; see
+    /// the `wire` module).
+    Ws,
+    /// Binary WebSocket messages over TLS (the same, with
+    /// [`LoadgenConfig::tls`]).
+    Wss,
 }
 
 /// Settings of a load run; mirrors the options of `ringgate loadgen`.
@@ -89,6 +105,8 @@ pub struct LoadgenConfig {
     pub source_ips: Vec<IpAddr>,
     /// Client shards; `None` chooses from the connection count.
     pub shards: Option<usize>,
+    /// Threads that drive the shards; `None`: one per core.
+    pub threads: Option<usize>,
     /// Where to write the JSON report.
     pub json: Option<PathBuf>,
     /// Show a progress line (only drawn when stdout is a terminal).
@@ -108,9 +126,13 @@ pub struct LoadgenConfig {
     pub password: String,
     /// Game server name in the login token (msgserver only).
     pub server: String,
-    /// How connections reach the gate: TCP, or WebSocket messages (over
-    /// TLS for [`Transport::Wss`]). SCP and plain only.
+    /// What carries the streams: TCP, KCP, or WebSocket messages (over
+    /// TLS for [`Transport::Wss`]).
     pub transport: Transport,
+    /// KCP: the conversations' settings (FEC must match the gate's).
+    pub kcp: crate::proto::kcp::KcpSettings,
+    /// KCP: what the clients' link does to their datagrams.
+    pub impair: crate::client::kcp::Impair,
     /// The request path of WebSocket upgrades.
     pub ws_path: String,
     /// TLS settings for [`Transport::Wss`].
@@ -134,6 +156,7 @@ impl Default for LoadgenConfig {
             storm: false,
             source_ips: Vec::new(),
             shards: None,
+            threads: None,
             json: None,
             progress: false,
             seed: 0x005e_ed0f_1a4d,
@@ -145,6 +168,8 @@ impl Default for LoadgenConfig {
             password: "password".into(),
             server: "sample".into(),
             transport: Transport::Tcp,
+            kcp: crate::proto::kcp::KcpSettings::default(),
+            impair: crate::client::kcp::Impair::default(),
             ws_path: "/".into(),
             tls: None,
         }
@@ -303,7 +328,28 @@ fn check(cfg: &LoadgenConfig) -> Result<(), LoadgenError> {
     if cfg.target.is_some() && cfg.protocol == Protocol::StableConnection {
         return bad("--target is part of the SCP handshake; stable-connection has none");
     }
-    if cfg.transport != Transport::Tcp && !matches!(cfg.protocol, Protocol::Scp | Protocol::Plain) {
+    if cfg.transport == Transport::Kcp {
+        if cfg.protocol != Protocol::Scp {
+            return bad("--transport kcp carries --protocol scp");
+        }
+        if cfg.storm || cfg.abort_probability > 0.0 || !cfg.source_ips.is_empty() {
+            return bad(
+                "--transport kcp takes --resume-every, not --storm, --abort-probability or \
+                 --source-ips",
+            );
+        }
+        if let Err(e) = cfg.kcp.validate() {
+            return bad(&e);
+        }
+    } else if !cfg.impair.is_clean() {
+        return bad("--loss, --duplicate, --reorder and --delay apply to --transport kcp");
+    }
+    if !(0.0..=1.0).contains(&cfg.impair.loss) || !(0.0..=1.0).contains(&cfg.impair.duplicate) {
+        return bad("--loss and --duplicate must be within 0-1");
+    }
+    if matches!(cfg.transport, Transport::Ws | Transport::Wss)
+        && !matches!(cfg.protocol, Protocol::Scp | Protocol::Plain)
+    {
         return bad("--transport ws and wss carry --protocol scp or plain");
     }
     if cfg.transport == Transport::Wss && cfg.tls.is_none() {
@@ -339,17 +385,39 @@ pub fn run(cfg: LoadgenConfig) -> Result<Report, LoadgenError> {
     });
     let cfg = Arc::new(cfg);
 
-    let mut threads = Vec::with_capacity(shards);
-    for index in 0..shards {
-        let count = cfg.connections / shards + usize::from(index < cfg.connections % shards);
+    // One thread per core at most, each driving every `nthreads`-th shard.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // msgserver users and KCP conversations run one shard per thread.
+    let one_each = cfg.protocol == Protocol::Msgserver || cfg.transport == Transport::Kcp;
+    let nthreads = if one_each {
+        shards
+    } else {
+        cfg.threads.unwrap_or(cores).clamp(1, shards)
+    };
+    let mut threads = Vec::with_capacity(nthreads);
+    for t in 0..nthreads {
+        let members: Vec<(usize, usize)> = (t..shards)
+            .step_by(nthreads)
+            .map(|index| {
+                let count =
+                    cfg.connections / shards + usize::from(index < cfg.connections % shards);
+                (index, count)
+            })
+            .collect();
         let (cfg, ctl) = (cfg.clone(), ctl.clone());
-        let body = match cfg.protocol {
-            Protocol::Msgserver => msgserver::run,
-            _ => shard::run,
-        };
         let t = std::thread::Builder::new()
-            .name(format!("loadgen-{index}"))
-            .spawn(move || body(index, shards, count, cfg, ctl))
+            .name(format!("loadgen-{t}"))
+            .spawn(move || {
+                let single = match (cfg.protocol, cfg.transport) {
+                    (Protocol::Msgserver, _) => msgserver::run,
+                    (_, Transport::Kcp) => kcp::run,
+                    _ => return shard::run(members, shards, cfg, ctl),
+                };
+                members
+                    .into_iter()
+                    .map(|(index, count)| single(index, shards, count, cfg.clone(), ctl.clone()))
+                    .collect()
+            })
             .map_err(|e| LoadgenError::Thread(format!("cannot start a shard: {e}")))?;
         threads.push(t);
     }
@@ -454,8 +522,14 @@ pub fn run(cfg: LoadgenConfig) -> Result<Report, LoadgenError> {
     let mut failure = None;
     for t in threads {
         match t.join() {
-            Ok(Ok(r)) => parts.push(r),
-            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Ok(results) => {
+                for r in results {
+                    match r {
+                        Ok(r) => parts.push(r),
+                        Err(e) => failure = failure.or(Some(e)),
+                    }
+                }
+            }
             Err(_) => failure = failure.or(Some(LoadgenError::Thread("a shard panicked".into()))),
         }
     }

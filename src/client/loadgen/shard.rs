@@ -14,8 +14,10 @@
 
 use super::conn::{Conn, Handshake, Pattern, Phase, Tx, verify};
 use super::report::ShardReport;
-use super::wire::{Transport, Wire};
-use super::{Control, LoadgenConfig, LoadgenError, MAX_PENDING_PER_SHARD, Protocol, phase};
+use super::wire::Wire;
+use super::{
+    Control, LoadgenConfig, LoadgenError, MAX_PENDING_PER_SHARD, Protocol, Transport, phase,
+};
 use crate::engine::endpoint::{self, Endpoint, Received, RecvPolicy};
 use crate::engine::ring::{self, BufRing, Completion, Driver, MsgHeader, Owned};
 use crate::engine::sys::{self, RawAddr, SetupError};
@@ -126,6 +128,8 @@ struct Shard {
     headers: Vec<Box<MsgHeader>>,
     rearm: Vec<(usize, u32)>,
     closing: usize,
+    /// When the shard saw the stop phase.
+    stop_at: Option<Instant>,
     rng: SmallRng,
     report: ShardReport,
     /// Plaintext of TLS connections, decrypted here before it is checked.
@@ -134,26 +138,93 @@ struct Shard {
     host: String,
 }
 
-/// Runs shard `index` of `shards` with `count` connections until the driver
-/// says stop; returns its tallies.
+/// Runs shards `members` (index, connections) of `shards` on the calling
+/// thread until the driver says stop; returns each one's tallies. A thread
+/// with several shards sleeps on one eventfd their rings all signal, and
+/// turns those with work: the load generator needs as many rings as the gate
+/// (each ring's descriptor table is capped at `RLIMIT_NOFILE`), but a thread
+/// per ring beyond the cores would pay a context switch per completion.
 pub(crate) fn run(
-    index: usize,
+    members: Vec<(usize, usize)>,
     shards: usize,
-    count: usize,
     cfg: Arc<LoadgenConfig>,
     ctl: Arc<Control>,
-) -> Result<ShardReport, LoadgenError> {
-    let shard = Shard::new(index, shards, count, cfg, ctl.clone());
-    match shard {
-        Ok(s) => Ok(s.run()),
-        Err(e) => {
-            // Let the driver see this shard as finished and give up on its share.
-            ctl.shards[index]
-                .gave_up
-                .store(count as u64, Ordering::Relaxed);
-            Err(e)
+) -> Vec<Result<ShardReport, LoadgenError>> {
+    let group_fd = if members.len() > 1 {
+        match sys::eventfd() {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                let e = SetupError::Other(format!("eventfd: {e}"));
+                return vec![Err(LoadgenError::Setup(e))];
+            }
+        }
+    } else {
+        None
+    };
+    let mut out = Vec::with_capacity(members.len());
+    let mut group = Vec::with_capacity(members.len());
+    for (index, count) in members {
+        let made = Shard::new(index, shards, count, cfg.clone(), ctl.clone()).and_then(|s| {
+            if let Some(fd) = group_fd {
+                s.d.register_eventfd(fd).map_err(|err| {
+                    LoadgenError::Setup(SetupError::Missing {
+                        what: "eventfd notification of rings",
+                        err,
+                    })
+                })?;
+            }
+            Ok(s)
+        });
+        match made {
+            Ok(s) => group.push(s),
+            Err(e) => {
+                // Let the driver see this shard as finished and give up on its share.
+                ctl.shards[index]
+                    .gave_up
+                    .store(count as u64, Ordering::Relaxed);
+                out.push(Err(e));
+            }
         }
     }
+    match group_fd {
+        None => out.extend(group.into_iter().map(|s| Ok(s.run()))),
+        Some(fd) => {
+            out.extend(run_group(group, fd).into_iter().map(Ok));
+            // SAFETY: our eventfd; the rings registered with it are closed,
+            // and hold the kernel's object rather than this number anyway.
+            unsafe { libc::close(fd) };
+        }
+    }
+    out
+}
+
+/// Turns the shards whose rings have work until every one has stopped.
+fn run_group(shards: Vec<Shard>, eventfd: i32) -> Vec<ShardReport> {
+    let mut live: Vec<Option<Shard>> = shards.into_iter().map(Some).collect();
+    let mut reports = Vec::with_capacity(live.len());
+    for s in live.iter_mut().flatten() {
+        s.arm_tick();
+    }
+    // Turn every shard at start and after a wait that timed out (a safety
+    // net: each shard's own tick signals the eventfd anyway).
+    let mut sweep = true;
+    while live.iter().any(Option::is_some) {
+        let mut busy = false;
+        for slot in live.iter_mut() {
+            let Some(s) = slot else { continue };
+            if sweep || s.d.has_work() {
+                busy = true;
+                if s.turn(false) {
+                    reports.extend(slot.take().map(Shard::finish));
+                }
+            }
+        }
+        sweep = false;
+        if !busy {
+            sweep = !sys::eventfd_wait(eventfd, Duration::from_millis(100));
+        }
+    }
+    reports
 }
 
 impl Shard {
@@ -231,6 +302,7 @@ impl Shard {
             headers: Vec::new(),
             rearm: Vec::new(),
             closing: 0,
+            stop_at: None,
             rng: SmallRng::seed_from_u64(0x10ad ^ index as u64),
             report: ShardReport::new(),
             plain: Vec::new(),
@@ -254,29 +326,33 @@ impl Shard {
 
     fn run(mut self) -> ShardReport {
         self.arm_tick();
-        let mut stop_at: Option<Instant> = None;
-        loop {
-            let mut cqes = std::mem::take(&mut self.cqes);
-            self.d.submit_and_reap(true, &mut cqes);
-            for c in cqes.drain(..) {
-                self.dispatch(c);
-            }
-            self.cqes = cqes;
-            // Re-armed after the batch, once the buffers it used are back.
-            for (i, epoch) in std::mem::take(&mut self.rearm) {
-                let c = &self.conns[i];
-                if c.epoch == epoch && matches!(c.phase, Phase::Handshake | Phase::Open) {
-                    self.arm_recv(i);
-                }
-            }
-            if self.phase == phase::STOP {
-                let since = *stop_at.get_or_insert_with(Instant::now);
-                if self.closing == 0 || since.elapsed() > CLOSE_GRACE {
-                    break;
-                }
+        while !self.turn(true) {}
+        self.finish()
+    }
+
+    /// Submits, reaps (waiting for a completion if `wait`), dispatches.
+    /// Returns true once the shard has stopped.
+    fn turn(&mut self, wait: bool) -> bool {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        self.d.submit_and_reap(wait, &mut cqes);
+        for c in cqes.drain(..) {
+            self.dispatch(c);
+        }
+        self.cqes = cqes;
+        // Re-armed after the batch, once the buffers it used are back.
+        for (i, epoch) in std::mem::take(&mut self.rearm) {
+            let c = &self.conns[i];
+            if c.epoch == epoch && matches!(c.phase, Phase::Handshake | Phase::Open) {
+                self.arm_recv(i);
             }
         }
-        self.finish()
+        if self.phase == phase::STOP {
+            let since = *self.stop_at.get_or_insert_with(Instant::now);
+            if self.closing == 0 || since.elapsed() > CLOSE_GRACE {
+                return true;
+            }
+        }
+        false
     }
 
     fn dispatch(&mut self, c: Completion<Tag>) {
@@ -428,7 +504,7 @@ impl Shard {
             self.retry_later(i);
             return;
         }
-        if self.cfg.transport != Transport::Tcp {
+        if matches!(self.cfg.transport, Transport::Ws | Transport::Wss) {
             let tls = match self.cfg.transport {
                 Transport::Wss => self.cfg.tls.as_ref(),
                 _ => None,

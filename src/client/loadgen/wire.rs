@@ -16,17 +16,6 @@ use crate::proto::ws_client::WsClient;
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
 
-/// How a run's connections reach the gate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// Bytes straight on TCP.
-    Tcp,
-    /// Binary WebSocket messages (client-masked).
-    Ws,
-    /// Binary WebSocket messages over TLS.
-    Wss,
-}
-
 /// The TLS side of `--transport wss`.
 #[derive(Debug, Clone)]
 pub struct TlsClientSettings {

@@ -41,6 +41,8 @@ pub enum Owned {
     Time(Box<types::Timespec>),
     /// A counter the kernel writes (an eventfd read).
     Word(Box<u64>),
+    /// One UDP datagram to send, with its address and header.
+    Datagram(Box<Datagram>),
 }
 
 impl std::fmt::Debug for Owned {
@@ -52,6 +54,7 @@ impl std::fmt::Debug for Owned {
             Owned::Addr(_) => "Addr",
             Owned::Time(_) => "Time",
             Owned::Word(_) => "Word",
+            Owned::Datagram(_) => "Datagram",
         })
     }
 }
@@ -97,6 +100,60 @@ impl MsgHeader {
 
     /// The header, for the SQE.
     pub fn as_ptr(&self) -> *const libc::msghdr {
+        &self.hdr
+    }
+}
+
+/// One datagram for `sendmsg`: its bytes, its destination and the header
+/// naming both, boxed so that they stay put while the kernel reads them.
+pub struct Datagram {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    addr: super::super::sys::RawAddr,
+    /// The datagram (kept, with its capacity, when the box is reused).
+    pub bytes: Vec<u8>,
+}
+
+impl Datagram {
+    /// An empty datagram.
+    pub fn boxed() -> Box<Datagram> {
+        Box::new(Datagram {
+            // SAFETY: msghdr and iovec are plain C structs for which all-zero is valid.
+            hdr: unsafe { std::mem::zeroed() },
+            iov: unsafe { std::mem::zeroed() },
+            addr: Default::default(),
+            bytes: Vec::new(),
+        })
+    }
+
+    /// Addresses the datagram (its `bytes` set) to `to`; the header for
+    /// the SQE. The box must not move or change until the send completes.
+    pub fn prepare(&mut self, to: std::net::SocketAddr) -> *const libc::msghdr {
+        let (addr, len) = super::super::sys::RawAddr::from_socket_addr(to);
+        self.addr = addr;
+        self.iov = libc::iovec {
+            iov_base: self.bytes.as_ptr() as *mut _,
+            iov_len: self.bytes.len(),
+        };
+        self.hdr.msg_name = self.addr.as_sockaddr() as *mut _;
+        self.hdr.msg_namelen = len;
+        self.hdr.msg_iov = &mut self.iov;
+        self.hdr.msg_iovlen = 1;
+        &self.hdr
+    }
+}
+
+impl MsgHeader {
+    /// A header for a multishot `recvmsg` that reports each datagram's
+    /// source address (room for any address family we bind).
+    pub fn for_recv_from() -> Box<MsgHeader> {
+        let mut m = MsgHeader::boxed();
+        m.hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+        m
+    }
+
+    /// The header as the kernel reads it (for parsing what it wrote).
+    pub fn header(&self) -> &libc::msghdr {
         &self.hdr
     }
 }
@@ -357,6 +414,29 @@ impl<T: Copy> Driver<T> {
         }
     }
 
+    /// Whether a turn of this ring would find something to do: entries to
+    /// submit, completions to reap, or task work the kernel deferred to the
+    /// next enter (`IORING_SQ_TASKRUN`, set on rings built by [`build`]).
+    /// Reads shared memory only, no system call.
+    pub fn has_work(&mut self) -> bool {
+        if !self.backlog.is_empty() {
+            return true;
+        }
+        let sq = self.ring.submission();
+        if !sq.is_empty() || sq.taskrun() {
+            return true;
+        }
+        drop(sq);
+        !self.ring.completion().is_empty()
+    }
+
+    /// Makes the kernel signal `eventfd` whenever this ring has new work for
+    /// its thread (a thread that drives several rings sleeps on one eventfd
+    /// registered with all of them).
+    pub fn register_eventfd(&self, eventfd: i32) -> io::Result<()> {
+        self.ring.submitter().register_eventfd(eventfd)
+    }
+
     /// Submits what is queued and moves every available completion into
     /// `out`. With `wait`, blocks until at least one completion is there —
     /// unless some entries are still waiting in the backlog, which is then
@@ -445,6 +525,8 @@ pub fn build(entries: u32) -> io::Result<IoUring> {
         .setup_cqsize(entries * 8)
         .setup_single_issuer()
         .setup_defer_taskrun()
+        // Tells a thread driving several rings which have deferred work.
+        .setup_taskrun_flag()
         .setup_submit_all()
         .build(entries);
     match tuned {

@@ -8,5 +8,5 @@ mod driver;
 
 pub use bufs::{BufRing, RecvBuf};
 pub use driver::{
-    Completion, Driver, FOREIGN, MAX_IOV, MsgHeader, OpId, Owned, build, is_unavailable,
+    Completion, Datagram, Driver, FOREIGN, MAX_IOV, MsgHeader, OpId, Owned, build, is_unavailable,
 };

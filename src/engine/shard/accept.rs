@@ -5,6 +5,7 @@ use super::*;
 use crate::engine::ring::Owned;
 use crate::engine::sys::RawAddr;
 use io_uring::opcode;
+use std::sync::atomic::Ordering;
 
 impl Shard {
     /// Arms accepting on every listener as the table's free slots allow:
@@ -109,7 +110,7 @@ impl Shard {
             self.close_slot(slot);
             return;
         }
-        if !greets && self.sessions.len() >= self.max_sessions_here() {
+        if !greets && self.max_sessions_reached() {
             self.warn_limit("max_sessions reached: new connections are being closed");
             self.close_slot(slot);
             return;
@@ -132,8 +133,12 @@ impl Shard {
         self.request_peername(ci);
     }
 
-    pub(super) fn max_sessions_here(&self) -> usize {
-        (self.shared.tunables.max_sessions() / self.cfg.shards.max(1)).max(1)
+    /// Whether the gate holds `max_sessions` live sessions. The count is
+    /// the gate's, not an even share per shard: clients spread over the
+    /// shards by a hash of their addresses, so at a full gate some shards
+    /// hold a little more than others.
+    pub(super) fn max_sessions_reached(&self) -> bool {
+        self.shared.live.load(Ordering::Relaxed) >= self.shared.tunables.max_sessions()
     }
 
     /// A new connection entry (greeting connections get a handshake timer).
@@ -157,6 +162,7 @@ impl Shard {
             last_rx: Instant::now(),
             ws: None,
             tls: None,
+            kcp: None,
         });
         let now = Instant::now();
         let timer = crate::engine::timer::Entry { index: ci, epoch };

@@ -170,19 +170,21 @@ impl Shard {
         if matches!(conn.state, ConnState::Greeting(_)) {
             self.greeting -= 1;
         }
+        if let Some(k) = conn.kcp {
+            self.kcp_conn_closed(k);
+            return;
+        }
         conn.ep
             .close(&mut self.d, Some(Tag::new(Op::Close, ci, conn.epoch)));
     }
 
-    /// Keeps connection `ci`'s endpoint in line with its state: the room it
-    /// may receive, the answer or session bytes to send, the close after a
-    /// final answer, the hand-over once its receive has ended.
-    pub(super) fn sync_conn(&mut self, ci: usize) {
-        let Some(conn) = self.conns.get_mut(ci) else {
-            return;
+    /// The bytes connection `ci` may receive now: its greeting's room, or
+    /// its session's, or none.
+    pub(super) fn conn_room(&self, ci: usize) -> usize {
+        let Some(conn) = self.conns.get(ci) else {
+            return 0;
         };
-        let epoch = conn.epoch;
-        let room = match conn.state {
+        match conn.state {
             ConnState::Greeting(_) => match &conn.ws {
                 Some(ws) if !ws.is_open() => ws.request_room(&self.cfg.ws).max(1),
                 _ => Greeting::ROOM,
@@ -194,7 +196,22 @@ impl Shard {
                 .map_or(0, |s| s.relay.client_room()),
             ConnState::Skynet => skynet::room(self.skynet.as_deref(), conn.answer.len()),
             ConnState::HandingOff { .. } | ConnState::Opening | ConnState::Finishing => 0,
+        }
+    }
+
+    /// Keeps connection `ci`'s endpoint in line with its state: the room it
+    /// may receive, the answer or session bytes to send, the close after a
+    /// final answer, the hand-over once its receive has ended.
+    pub(super) fn sync_conn(&mut self, ci: usize) {
+        if self.conns.get(ci).is_some_and(|c| c.kcp.is_some()) {
+            self.kcp_sync_conn(ci);
+            return;
+        }
+        let room = self.conn_room(ci);
+        let Some(conn) = self.conns.get_mut(ci) else {
+            return;
         };
+        let epoch = conn.epoch;
         if let ConnState::HandingOff { .. } = conn.state {
             // What is in flight ends here first: nothing may be written
             // on the connection by two shards at once.
@@ -253,7 +270,11 @@ impl Shard {
                 match conn.ep.send_op() {
                     Some(op) if sent > 0 => {
                         conn.sending_session = true;
-                        s.reads.retain(|r| d.is_in_flight(*r));
+                        // Prune finished sends only when the inline room is
+                        // used up: most sessions never get that far.
+                        if s.reads.len() == s.reads.inline_size() {
+                            s.reads.retain(|r| d.is_in_flight(*r));
+                        }
                         s.reads.push(op);
                     }
                     _ => {}

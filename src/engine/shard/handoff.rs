@@ -67,11 +67,61 @@ impl Shard {
         .build();
         let tag = Tag::new(Op::HandoffOut, ci, conn.epoch);
         self.d.push(e, Some(tag), crate::engine::ring::Owned::None);
+        self.handoff_pending.push((ci, conn.epoch, target, seq, 0));
+    }
+
+    /// Sends again the descriptors of hand-overs that found the owner's
+    /// table full (in a reconnect storm, new connections can arrive before
+    /// the owner has closed the old ones); their bytes wait in its inbox.
+    pub(super) fn retry_handoffs(&mut self) {
+        for k in 0..self.handoff_retry.len() {
+            let (ci, epoch, target, seq, tries) = self.handoff_retry[k];
+            let ring_fd = self.shared.shards[target].ring_fd.load(Ordering::Acquire);
+            let Some(conn) = self.conn_mut(ci, epoch) else {
+                continue;
+            };
+            if ring_fd < 0 {
+                self.refuse_handoff(ci);
+                self.sync_conn(ci);
+                continue;
+            }
+            let e = opcode::MsgRingSendFd::new(
+                types::Fd(ring_fd),
+                types::Fixed(conn.ep.slot()),
+                types::DestinationSlot::auto_target(),
+                handoff_user_data(self.index, seq),
+            )
+            .build();
+            self.d.push(
+                e,
+                Some(Tag::new(Op::HandoffOut, ci, epoch)),
+                crate::engine::ring::Owned::None,
+            );
+            self.handoff_pending
+                .push((ci, epoch, target, seq, tries + 1));
+        }
+        self.handoff_retry.clear();
     }
 
     pub(super) fn on_handoff_out(&mut self, ci: usize, epoch: u32, res: i32) {
+        let sent = self
+            .handoff_pending
+            .iter()
+            .position(|h| h.0 == ci && h.1 == epoch)
+            .map(|k| self.handoff_pending.swap_remove(k));
         if self.conn_mut(ci, epoch).is_none() {
             return;
+        }
+        if res == -libc::ENFILE {
+            // Until half the handshake timeout: the owner drops the
+            // hand-over's bytes once the full timeout has passed.
+            let limit =
+                (self.hs_timers.duration().as_millis() / 2 / TICK.as_millis().max(1)) as u32;
+            if let Some(h) = sent.filter(|h| h.4 < limit) {
+                // The owner's table is full for now: try again next tick.
+                self.handoff_retry.push(h);
+                return;
+            }
         }
         if res < 0 {
             // The owner's table is full (or it is gone). Its inbox entry is

@@ -25,6 +25,7 @@ impl Shard {
             self.arm_tick();
         }
         self.apply_limits();
+        self.retry_handoffs();
         let now = Instant::now();
         while let Some(e) = self.hs_timers.pop_expired(now) {
             // A greeting that did not finish in time, or a WebSocket whose
@@ -76,6 +77,7 @@ impl Shard {
             self.idle_timers = Some(idle);
         }
         self.sweep_inbox();
+        self.kcp_expire();
         if self.log_skipped > 0 && self.log_lines < SESSION_LINES {
             info!(
                 shard = self.index,
@@ -110,6 +112,7 @@ impl Shard {
             sessions = self.by_id.len(),
             "shutting down"
         );
+        self.kcp_stop();
         for li in 0..self.listeners.len() {
             for op in std::mem::take(&mut self.listeners[li].accepts) {
                 self.d.cancel(op);

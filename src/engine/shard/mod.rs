@@ -17,6 +17,7 @@ mod conn;
 mod control;
 mod handoff;
 mod housekeeping;
+mod kcp;
 mod sessions;
 mod skynet;
 mod stable;
@@ -24,6 +25,8 @@ mod tls;
 mod upstream;
 mod workers;
 mod ws;
+
+pub(crate) use kcp::KcpMsg;
 
 use super::backend::{Backend, UpstreamChoice, UpstreamPolicy};
 use super::door::{Door, DoorGreeting, StableIndex};
@@ -57,6 +60,8 @@ const SINGLE_ACCEPTS: usize = 64;
 const TICK: Duration = Duration::from_millis(50);
 /// Shutdown waits at most this long for in-flight operations to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// A thread driving several shards turns all of them at least this often.
+const GROUP_SWEEP: Duration = Duration::from_millis(100);
 /// Per-session log lines a shard writes at info per second, at most.
 const SESSION_LINES: u32 = 100;
 /// A hand-over message whose connection never arrived is dropped after the
@@ -82,6 +87,9 @@ pub(crate) enum Op {
     HandoffIn,
     HandoffOut,
     SlotClosed,
+    KcpRecv,
+    KcpSend,
+    KcpTick,
 }
 
 /// A completion's tag: the operation and the slab entry (with its epoch, so
@@ -163,6 +171,9 @@ struct Conn {
     ws: Option<Box<crate::proto::ws::WsConn>>,
     /// A TLS door's connection: its TLS stage, below the WebSocket.
     tls: Option<Box<TlsConn>>,
+    /// A KCP conversation's stream: the conversation (its endpoint is
+    /// detached; see `kcp.rs`).
+    kcp: Option<usize>,
 }
 
 /// How an upstream link is coming along.
@@ -266,6 +277,10 @@ pub struct Shard {
     stopping: Option<Instant>,
     handoff_seq: u32,
     handoffs: HashMap<(usize, u32), (Instant, Handoff)>,
+    /// Hand-overs in flight, and those to send again because the owner's
+    /// table was full: (connection, epoch, owner, sequence, tries).
+    handoff_pending: Vec<(usize, u32, usize, u32, u32)>,
+    handoff_retry: Vec<(usize, u32, usize, u32, u32)>,
     last_limit_warn: Option<Instant>,
     /// When the current batch of completions was reaped (read only while an
     /// idle timeout is set: a receive's time is then that of its batch,
@@ -285,6 +300,8 @@ pub struct Shard {
     /// Plaintext of TLS connections, decrypted here between a receive and
     /// the WebSocket that reads it (kept to reuse its memory).
     tls_plain: Vec<u8>,
+    /// The KCP door, when the gate has one.
+    kcp: Option<Box<kcp::KcpSide>>,
 }
 
 /// A peer address for log lines: the address, or `?` when the kernel did
@@ -310,9 +327,10 @@ impl Shard {
         shared: Arc<Shared>,
         listeners: Vec<(i32, Door)>,
         local: SocketAddr,
+        kcp_fd: Option<i32>,
     ) -> Result<Shard, sys::SetupError> {
         let wanted = match cfg.direct_table {
-            0 => cfg.max_sessions / cfg.shards.max(1) * 2 + 1024,
+            0 => cfg.max_sessions / cfg.shards.max(1) * 3 + 1024,
             n => n,
         };
         let table = sys::register_direct_table(&ring, wanted)?;
@@ -324,6 +342,10 @@ impl Shard {
         let recv_policy = RecvPolicy {
             buf_size: cfg.recv_buffer_size,
             capped_multishot: super::endpoint::probe_capped_multishot(&bufs, &mut ring),
+        };
+        let kcp = match (kcp_fd, &cfg.kcp) {
+            (Some(fd), Some(k)) => Some(Box::new(kcp::KcpSide::new(&ring, fd, k.clone())?)),
+            _ => None,
         };
         let space = IdSpace::new(cfg.shards);
         let (proxy, hub) = match &cfg.backend {
@@ -343,6 +365,7 @@ impl Shard {
             hub,
             worker_waiting: Vec::new(),
             skynet: skynet::SkynetShard::for_config(&cfg),
+            kcp,
             cfg,
             shared,
             listeners: listeners
@@ -372,6 +395,8 @@ impl Shard {
             stopping: None,
             handoff_seq: 0,
             handoffs: HashMap::new(),
+            handoff_pending: Vec::new(),
+            handoff_retry: Vec::new(),
             last_limit_warn: None,
             clock: Instant::now(),
             log_second: None,
@@ -435,36 +460,123 @@ impl Shard {
     /// Runs until shutdown completes; returns the ring, which must outlive
     /// every shard that may still message it (the gate drops it after
     /// joining them all), and the receive buffers its operations may name.
-    pub fn run(mut self) -> (Driver<Tag>, BufRing) {
-        self.arm_accept();
-        self.arm_tick();
-        self.arm_wake();
+    pub fn run(mut self) -> (Driver<Tag>, BufRing, Option<BufRing>) {
+        self.start();
         let mut done: Vec<Completion<Tag>> = Vec::with_capacity(1024);
-        loop {
-            self.worker_round();
-            self.skynet_round();
-            self.control_round();
-            let link = &self.shared.shards[self.index];
-            let wait = link.prepare_sleep();
-            self.d.submit_and_reap(wait, &mut done);
-            self.shared.shards[self.index].woke();
-            if self.idle_timers.is_some() {
-                self.clock = Instant::now();
-            }
-            for c in done.drain(..) {
-                self.dispatch(c);
-            }
-            self.after_batch();
-            if let Some(since) = self.stopping {
-                let drained = self.conns.is_empty() && self.sessions.is_empty();
-                if drained || since.elapsed() > SHUTDOWN_GRACE {
-                    break;
+        while !self.turn(true, &mut done) {}
+        self.into_ring()
+    }
+
+    /// Runs several shards on the calling thread until every one has shut
+    /// down; returns their rings (see [`Shard::run`]). `eventfd` must be
+    /// registered with every shard's ring ([`Driver::register_eventfd`]):
+    /// the thread sleeps on it while none of the rings has work.
+    ///
+    /// This is how a gate holds more rings than it has cores (each ring's
+    /// descriptor table is capped at `RLIMIT_NOFILE`): one thread per core
+    /// turning the rings that have work, rather than a thread per ring,
+    /// which would pay a wake-up and a context switch for nearly every
+    /// completion once the threads outnumber the cores.
+    pub fn run_group(
+        mut shards: Vec<Shard>,
+        eventfd: i32,
+    ) -> Vec<(Driver<Tag>, BufRing, Option<BufRing>)> {
+        for s in &mut shards {
+            s.start();
+        }
+        let mut done: Vec<Completion<Tag>> = Vec::with_capacity(1024);
+        let mut finished = vec![false; shards.len()];
+        // Shards to turn whether or not they look ready: all of them at
+        // start and after a wait that timed out (a safety net; each ring's
+        // own tick signals anyway), and any a waker nudged as the thread
+        // was going to sleep.
+        let mut due = vec![true; shards.len()];
+        while finished.iter().any(|f| !f) {
+            let mut busy = false;
+            for ((s, fin), due) in shards.iter_mut().zip(&mut finished).zip(&mut due) {
+                if !*fin && (std::mem::take(due) || s.ready()) {
+                    busy = true;
+                    *fin = s.turn(false, &mut done);
                 }
             }
+            if busy {
+                continue;
+            }
+            // Nothing to do: tell the wakers, and sleep unless one of them
+            // was quicker.
+            let mut sleep = true;
+            for ((s, fin), due) in shards.iter().zip(&finished).zip(&mut due) {
+                if !*fin && !s.shared.shards[s.index].prepare_sleep() {
+                    *due = true;
+                    sleep = false;
+                }
+            }
+            if sleep && !sys::eventfd_wait(eventfd, GROUP_SWEEP) {
+                due.fill(true);
+            }
+            for s in &shards {
+                s.shared.shards[s.index].woke();
+            }
         }
-        debug!(shard = self.index, "shard stopped");
-        let Shard { d, bufs, .. } = self;
-        (d, bufs)
+        shards.into_iter().map(Shard::into_ring).collect()
+    }
+
+    /// The operations a shard always has in flight.
+    fn start(&mut self) {
+        self.arm_accept();
+        self.arm_kcp_recv();
+        self.arm_tick();
+        self.arm_wake();
+    }
+
+    /// Whether a turn would find work: completions or submissions on the
+    /// ring, or something queued for the shard by another thread.
+    fn ready(&mut self) -> bool {
+        let link = &self.shared.shards[self.index];
+        link.nudged.load(Ordering::SeqCst)
+            || !link.commands.is_empty()
+            || !link.control.is_empty()
+            || !link.kcp_inbox.is_empty()
+            || self.d.has_work()
+    }
+
+    /// One round of the event loop: queued requests, submit, reap (waiting
+    /// for a completion if `may_wait` and nothing is queued), dispatch.
+    /// Returns true once the shard has shut down.
+    fn turn(&mut self, may_wait: bool, done: &mut Vec<Completion<Tag>>) -> bool {
+        if !may_wait {
+            // The rounds below see whatever was queued before the nudge.
+            self.shared.shards[self.index]
+                .nudged
+                .store(false, Ordering::SeqCst);
+        }
+        self.worker_round();
+        self.skynet_round();
+        self.control_round();
+        self.kcp_round();
+        let wait = may_wait && self.shared.shards[self.index].prepare_sleep();
+        self.d.submit_and_reap(wait, done);
+        self.shared.shards[self.index].woke();
+        if self.idle_timers.is_some() {
+            self.clock = Instant::now();
+        }
+        for c in done.drain(..) {
+            self.dispatch(c);
+        }
+        self.after_batch();
+        if let Some(since) = self.stopping {
+            let drained = self.conns.is_empty() && self.sessions.is_empty();
+            if drained || since.elapsed() > SHUTDOWN_GRACE {
+                debug!(shard = self.index, "shard stopped");
+                return true;
+            }
+        }
+        false
+    }
+
+    fn into_ring(self) -> (Driver<Tag>, BufRing, Option<BufRing>) {
+        let Shard { d, bufs, kcp, .. } = self;
+        (d, bufs, kcp.map(|k| k.into_bufs()))
     }
 
     fn dispatch(&mut self, c: Completion<Tag>) {
@@ -490,11 +602,15 @@ impl Shard {
             Op::Wake => self.on_wake(),
             Op::HandoffIn => self.on_handoff_in(index, epoch, c.result),
             Op::HandoffOut => self.on_handoff_out(index, epoch, c.result),
+            Op::KcpRecv => self.on_kcp_recv(c),
+            Op::KcpSend => self.on_kcp_send(c),
+            Op::KcpTick => self.on_kcp_tick(&c),
             Op::Close | Op::UpClose | Op::SlotClosed => {}
         }
     }
 
     fn after_batch(&mut self) {
+        self.kcp_after_batch();
         if self.stopping.is_none() && !self.listeners.is_empty() {
             let free = self.table.saturating_sub(self.slots);
             let burst = LISTEN_BACKLOG as usize * self.listeners.len();

@@ -8,6 +8,7 @@ use crate::engine::session::Peer;
 use crate::proto::message::ReuseConnReq;
 use crate::proto::session::Session;
 use rand::Rng;
+use std::sync::atomic::Ordering;
 use tracing::info;
 
 impl Shard {
@@ -74,6 +75,7 @@ impl Shard {
         }
         self.conns[ci].state = ConnState::Attached(si, epoch);
         self.count(|s| &s.sessions_opened);
+        self.shared.live.fetch_add(1, Ordering::Relaxed);
         self.note_peer(si);
         if self.proxy.is_some() {
             self.start_upstream(si);
@@ -121,7 +123,7 @@ impl Shard {
             self.fail_greeting(ci, "draining: new sessions refused", Vec::new());
             return None;
         }
-        if self.sessions.len() >= self.max_sessions_here() {
+        if self.max_sessions_reached() {
             self.warn_limit("max_sessions reached: new sessions are being refused");
             self.ws_refuse(ci, code::TRY_AGAIN_LATER, "session limit reached");
             self.fail_greeting(ci, "session limit reached", Vec::new());
@@ -265,6 +267,7 @@ impl Shard {
             self.uncount(|s| &s.detached);
         }
         self.count(|s| &s.sessions_closed);
+        self.shared.live.fetch_sub(1, Ordering::Relaxed);
         self.stats().closed(reason);
         if id != 0 {
             self.by_id.remove(&id);
@@ -321,26 +324,41 @@ impl Shard {
     /// close when its work is done, its connection's and upstream's receives
     /// and sends, its notes for the workers, its entry freed at the end.
     pub(super) fn sync(&mut self, si: usize) {
-        if !self.sessions.contains(si) {
-            return;
-        }
+        // Every completion of every session comes here: each step below is
+        // skipped with a field test when it has nothing to do (no workers,
+        // no upstream, not a stable-connection session, not ended).
+        let workers = self.hub.is_some();
         // Notes first: the workers taking them gives the client room again,
         // which the endpoint below must see.
-        self.offer_notes(si);
-        let s = &self.sessions[si];
+        if workers {
+            self.offer_notes(si);
+        }
+        let Some(s) = self.sessions.get(si) else {
+            return;
+        };
         if !s.ended {
             if let Some(reason) = s.relay.closing().or_else(|| s.relay.poll_close()) {
                 self.close_session(si, reason);
             }
         }
-        self.reindex(si);
-        if let Some(ci) = self.sessions[si].conn {
+        if self.sessions[si].relay.is_stable() {
+            self.reindex(si);
+        }
+        let s = &self.sessions[si];
+        let (conn, up) = (s.conn, s.up.is_some());
+        if let Some(ci) = conn {
             self.sync_conn(ci);
         }
-        self.sync_up(si);
+        if up {
+            self.sync_up(si);
+        }
         // A close above leaves its note for the workers.
-        self.offer_notes(si);
-        self.maybe_free_session(si);
+        if workers {
+            self.offer_notes(si);
+        }
+        if self.sessions[si].ended {
+            self.maybe_free_session(si);
+        }
     }
 
     /// Publishes the session's client address for `Handle::peer_addr`.

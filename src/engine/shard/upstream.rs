@@ -282,7 +282,9 @@ impl Shard {
             let sent = ep.send_pieces(d, pieces, meta_pool, tag);
             if let Some(op) = ep.send_op().filter(|_| sent > 0) {
                 up.sending_stream = true;
-                s.reads.retain(|r| d.is_in_flight(*r));
+                if s.reads.len() == s.reads.inline_size() {
+                    s.reads.retain(|r| d.is_in_flight(*r));
+                }
                 s.reads.push(op);
             }
         }

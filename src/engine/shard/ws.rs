@@ -62,7 +62,7 @@ impl Shard {
         let refusal = if self.draining() {
             self.count(|s| &s.new_refused_draining);
             Some((code::GOING_AWAY, "draining: new sessions refused"))
-        } else if self.sessions.len() >= self.max_sessions_here() {
+        } else if self.max_sessions_reached() {
             self.warn_limit("max_sessions reached: new sessions are being refused");
             Some((code::TRY_AGAIN_LATER, "session limit reached"))
         } else {
