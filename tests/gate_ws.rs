@@ -385,6 +385,69 @@ fn bad_frames_close_with_their_codes_and_others_are_served() {
     assert!(stats.sessions_opened >= 5);
 }
 
+/// A masked client frame (mask 0: the payload is sent as it is).
+fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn a_close_flood_and_a_ping_flood_end_those_connections_only() {
+    let gate = ws_gate(1 << 20);
+    let addr = gate.door_addrs()[0];
+    let mut bystander = ws(addr);
+    // 200 connections, each upgraded, then a close frame followed by a
+    // flood of further close frames, pings and data it must not act on.
+    let mut flood = Vec::new();
+    for _ in 0..200 {
+        let mut s = raw(addr);
+        s.write_all(REQ.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        let mut burst = Vec::new();
+        for i in 0..50u16 {
+            burst.extend(masked(0x8, &(1000 + i).to_be_bytes()));
+            burst.extend(masked(0x9, b"ping"));
+            burst.extend(masked(0x2, &packet(b"late")));
+        }
+        // The gate may close while the burst is still arriving.
+        let _ = s.write_all(&burst);
+        flood.push(s);
+    }
+    // Each answers the first close only (code 1000 echoed), then ends.
+    for mut s in flood {
+        let answer = read_to_close(&mut s);
+        assert_eq!(
+            answer,
+            [0x88, 2, 0x03, 0xE8],
+            "one close frame, then the end"
+        );
+    }
+    // A ping flood on one connection: answered, and its memory bounded by
+    // one held payload (the connection stays usable).
+    let mut pinger = ws(addr);
+    for i in 0..2000u32 {
+        pinger
+            .write(Message::Ping(i.to_be_bytes().to_vec().into()))
+            .unwrap();
+    }
+    pinger.flush().unwrap();
+    pinger
+        .send(Message::binary(packet(b"after pings")))
+        .unwrap();
+    assert_eq!(read_binary(&mut pinger), packet(b"after pings"));
+    // The bystander was never disturbed.
+    bystander.send(Message::binary(packet(b"ok"))).unwrap();
+    assert_eq!(read_binary(&mut bystander), packet(b"ok"));
+}
+
 // ---- close codes ------------------------------------------------------------
 
 /// A gate with an SCP WebSocket door (path `/ws`) and `idle` as its idle
