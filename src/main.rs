@@ -179,23 +179,24 @@ fn run(what: &str, cfg: engine::Config, ops: Option<Ops>) -> ExitCode {
         }
         admin
     });
-    println!(
+    // Not println!: whoever reads the start-up line (a test, a supervisor)
+    // may close the pipe after the first line, and a failed println! panics.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         "ringgate {what}: listening on {} in {mode} mode with {} shards, sessions to the {peer}{admin_note}",
         gate.local_addr(),
         gate.shards()
     );
     for (addr, door) in gate.door_addrs().iter().zip(&doors) {
-        println!("ringgate {what}: {door} clients on {addr}");
+        let _ = writeln!(out, "ringgate {what}: {door} clients on {addr}");
     }
     if let Some(addr) = gate.kcp_addr() {
-        // Not println!: whoever reads the start-up line may have closed
-        // the pipe by now.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stdout(),
-            "ringgate {what}: scp-over-kcp clients on udp {addr}"
-        );
+        let _ = writeln!(out, "ringgate {what}: scp-over-kcp clients on udp {addr}");
     }
+    let _ = out.flush();
+    drop(out);
     let stopper = gate.stopper();
     match signals {
         Ok(mut signals) => {
