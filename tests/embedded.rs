@@ -466,3 +466,24 @@ fn stable_connection_sessions_reach_the_workers() {
     assert_eq!(read_frame(&mut c), b"back");
     h.finish();
 }
+
+/// The workers' queues end once the shards stop, while the application
+/// still holds the gate's handle: it may join its workers before the gate
+/// (the examples do), which hung while the gate kept the queues' senders.
+#[test]
+fn worker_queues_end_after_shutdown_while_the_handle_is_held() {
+    let (handle, receivers) = builder().workers(3).start().unwrap();
+    let c = ScpClient::connect(handle.local_addr(), ClientOptions::default()).unwrap();
+    handle.shutdown();
+    for rx in &receivers {
+        let ended = wait_until(Duration::from_secs(10), || {
+            matches!(
+                rx.recv_timeout(Duration::from_millis(50)),
+                Err(ringgate::gate::embedded::RecvError::Ended)
+            )
+        });
+        assert!(ended, "worker {} still waits", rx.index());
+    }
+    drop(c);
+    handle.join();
+}

@@ -172,7 +172,7 @@ pub(crate) enum Request {
 #[derive(Clone)]
 pub struct Control {
     shared: Arc<Shared>,
-    hub: Option<Arc<WorkerHub>>,
+    hub: Option<std::sync::Weak<WorkerHub>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -184,7 +184,7 @@ impl std::fmt::Debug for Control {
 }
 
 impl Control {
-    pub(crate) fn new(shared: Arc<Shared>, hub: Option<Arc<WorkerHub>>) -> Control {
+    pub(crate) fn new(shared: Arc<Shared>, hub: Option<std::sync::Weak<WorkerHub>>) -> Control {
         Control { shared, hub }
     }
 
@@ -209,10 +209,12 @@ impl Control {
         stats::sum_hosts(self.shared.shards.iter().map(|l| &l.stats))
     }
 
-    /// Embedded mode: events waiting in each worker's queue.
+    /// Embedded mode: events waiting in each worker's queue (none once
+    /// the shards have stopped).
     pub fn worker_queue_depths(&self) -> Vec<usize> {
         self.hub
             .as_ref()
+            .and_then(|h| h.upgrade())
             .map(|h| h.senders.iter().map(|s| s.len()).collect())
             .unwrap_or_default()
     }

@@ -530,7 +530,10 @@ fn close_all(fds: &[Option<i32>]) {
 /// A running gate.
 pub struct Gate {
     shared: Arc<Shared>,
-    hub: Option<Arc<workers::WorkerHub>>,
+    /// Weak: the shards own the worker queues' senders, so that the
+    /// workers' receivers end when the shards have stopped, even while the
+    /// application still holds the gate (to join it after its workers).
+    hub: Option<std::sync::Weak<workers::WorkerHub>>,
     threads: Vec<JoinHandle<Vec<ShardRing>>>,
     local: SocketAddr,
     door_addrs: Vec<SocketAddr>,
@@ -677,7 +680,7 @@ impl Gate {
             shards: links,
         });
         let hub = match &cfg.backend {
-            Backend::Workers(hub) => Some(hub.clone()),
+            Backend::Workers(hub) => Some(Arc::downgrade(hub)),
             _ => None,
         };
         let cfg = Arc::new(Config {
